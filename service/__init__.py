@@ -1,0 +1,1 @@
+"""The CE-LIF training service: FastAPI app, job service, settings and database."""

@@ -1,0 +1,1 @@
+"""Celery workers that train jobs with celif_core."""
