@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# The README's two commands:
+#   scripts/dev.sh serve [celif serve args]   install, then run the embedded service with a demo job
+#   scripts/dev.sh test  [pytest args]        install, then run the whole test suite
+# Installs into .venv (torch pinned first: an unpinned torch pulled in by another package is a
+# multi-GB CUDA build). Tests need PostgreSQL on 127.0.0.1:5432 and Redis on 127.0.0.1:6379.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+install() {
+  if [ ! -x .venv/bin/python ]; then python3 -m venv .venv; fi
+  if ! .venv/bin/python -c "import torch" 2>/dev/null; then
+    .venv/bin/pip install -q --upgrade pip
+    .venv/bin/pip install -q torch==2.13.0
+  fi
+  .venv/bin/pip install -q -e ".[dev]"
+}
+
+cmd="${1:-}"
+shift || true
+case "$cmd" in
+  install)
+    install
+    ;;
+  serve)
+    install
+    exec .venv/bin/celif serve --demo "$@"
+    ;;
+  test)
+    install
+    # MNIST is read from the shared data folder next to the checkout unless CELIF_MNIST_DIR says.
+    export CELIF_MNIST_DIR="${CELIF_MNIST_DIR:-$(cd .. && pwd)/shared/data/mnist}"
+    export PATH="$PWD/.venv/bin:$PATH"
+    exec .venv/bin/python -m pytest -ra "$@"
+    ;;
+  *)
+    echo "usage: scripts/dev.sh install|serve|test [args]" >&2
+    exit 2
+    ;;
+esac
