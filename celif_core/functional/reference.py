@@ -207,9 +207,7 @@ def neuron_step(
     """
     p = resolve_params(neuron, params)
     if not isinstance(current_t, torch.Tensor) or current_t.dim() != 2:
-        raise ValueError(
-            f"current_t must be a [B, N] tensor, got {_shape_of(current_t)}"
-        )
+        raise ValueError(f"current_t must be a [B, N] tensor, got {_shape_of(current_t)}")
     _check_state(state, tuple(current_t.shape), "state")
     if needs_te(neuron, p):
         if not isinstance(te_t, torch.Tensor) or te_t.shape != current_t.shape[1:]:

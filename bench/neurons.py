@@ -1,0 +1,221 @@
+"""Neuron-kernel benchmark: one training step of the paper's Seq-MNIST network.
+
+Network 1-64-88-88-10 (feedforward: each Linear applied to the whole [T, B, F] sequence at once,
+then the neuron scan), readout averaged over time, cross-entropy, Adam, T=784. Every config runs
+in its own subprocess so its peak memory (growth of the process's max RSS during training steps)
+is clean; all configs run in the same invocation so their times are comparable.
+
+    python bench/neurons.py                      # B=64 and B=256, 5 timed steps each
+    python bench/neurons.py --batch 64 --steps 5 --configs gemm celif-fused
+
+Columns: median step time, ratio to the GEMM-only bound (the same network with every neuron
+replaced by the identity), peak RSS growth during the steps.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = {
+    "gemm": "GEMM-only bound (neuron = identity)",
+    "celif-fused": "CE-LIF, fused kernel (ours)",
+    "celif-fused-recompute": "CE-LIF, fused kernel, memory=recompute (ours)",
+    "celif-reference": "CE-LIF, reference per-step loop (ours)",
+    "lif-fused": "LIF, fused kernel (ours)",
+    "snntorch": "snnTorch Leaky (per-step loop)",
+    "spikingjelly": "SpikingJelly LIFNode multi-step",
+}
+HIDDEN = (64, 88, 88)
+
+
+def build(kind: str, T: int):
+    import torch
+    from torch import nn
+
+    from celif_core.functional import neuron_scan
+
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            sizes = (1, *HIDDEN)
+            self.fcs = nn.ModuleList(nn.Linear(a, b) for a, b in zip(sizes, sizes[1:]))
+            self.readout = nn.Linear(HIDDEN[-1], 10)
+            # one TE table shared across layers, layer l uses its first N_l columns
+            self.te = nn.Parameter(torch.randn(T, max(HIDDEN)) * 0.1)
+            if kind == "snntorch":
+                import snntorch as snn
+
+                self.lifs = nn.ModuleList(
+                    snn.Leaky(beta=0.5, threshold=0.3, reset_mechanism="zero") for _ in HIDDEN
+                )
+            if kind == "spikingjelly":
+                from spikingjelly.activation_based import neuron, surrogate
+
+                # decay_input=False: H = V*(1 - 1/tau) + X, i.e. alpha = 0.5 at tau = 2
+                self.lifs = nn.ModuleList(
+                    neuron.LIFNode(
+                        tau=2.0, decay_input=False, v_threshold=0.3, v_reset=0.0,
+                        surrogate_function=surrogate.Sigmoid(), step_mode="m",
+                    )  # fmt: skip
+                    for _ in HIDDEN
+                )
+
+        def neuron(self, layer: int, cur):  # cur [T, B, N] -> spikes [T, B, N]
+            n = cur.shape[2]
+            p = dict(alpha=0.5, rho=0.99, theta0=0.3, surrogate_width=0.5)
+            if kind == "gemm":
+                return cur
+            if kind.startswith("celif"):
+                backend = "reference" if kind == "celif-reference" else "fused"
+                memory = "recompute" if kind.endswith("recompute") else "save"
+                te = self.te[:, :n]
+                return neuron_scan(
+                    cur, neuron="celif", params=p, te=te, backend=backend, memory=memory
+                ).spikes
+            if kind == "lif-fused":
+                return neuron_scan(cur, neuron="lif", params=p, backend="fused").spikes
+            if kind == "snntorch":
+                lif = self.lifs[layer]
+                mem = lif.init_leaky()
+                out = []
+                for x_t in cur.unbind(0):  # unbind once: cheaper than cur[t] in the loop
+                    spk, mem = lif(x_t, mem)
+                    out.append(spk)
+                return torch.stack(out)
+            if kind == "spikingjelly":
+                return self.lifs[layer](cur)
+            raise ValueError(f"unknown config {kind!r}")
+
+        def forward(self, x):  # x [T, B, 1]
+            h = x
+            for layer, fc in enumerate(self.fcs):
+                h = self.neuron(layer, fc(h))  # one GEMM over all T*B rows, then the scan
+            return self.readout(h).mean(0)  # [B, 10]
+
+    return Net()
+
+
+def worker(kind: str, batch: int, steps: int, warmup: int, T: int, threads: int) -> dict:
+    import torch
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    net = build(kind, T)
+    opt = torch.optim.Adam(net.parameters(), lr=1e-3)
+    x = torch.rand(T, batch, 1)
+    y = torch.randint(0, 10, (batch,))
+    if kind.endswith("fused") or kind.endswith("recompute"):
+        from celif_core.functional import active_backend
+
+        assert active_backend() == "fused-cpu", "fused kernel unavailable"
+    reset = None
+    if kind == "spikingjelly":
+        from spikingjelly.activation_based import functional as sjf
+
+        reset = sjf.reset_net
+
+    def step() -> float:
+        t0 = time.perf_counter()
+        opt.zero_grad(set_to_none=True)
+        loss = torch.nn.functional.cross_entropy(net(x), y)
+        loss.backward()
+        opt.step()
+        if reset is not None:
+            reset(net)
+        return time.perf_counter() - t0
+
+    step()  # first step outside the memory baseline: Adam state, kernel load
+    rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    for _ in range(max(0, warmup - 1)):
+        step()
+    times = [step() for _ in range(steps)]
+    rss1 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return {
+        "median_s": statistics.median(times),
+        "times": times,
+        "peak_mb": (rss1 - rss0) / 1024.0,  # ru_maxrss is KiB on Linux
+    }
+
+
+def available(kind: str) -> str | None:
+    mod = {"snntorch": "snntorch", "spikingjelly": "spikingjelly"}.get(kind)
+    if mod is None:
+        return None
+    import importlib.util
+
+    if importlib.util.find_spec(mod) is None:
+        return f"{mod} not installed (pip install -e '.[bench]')"
+    return None
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--batch", type=int, nargs="+", default=[64, 256])
+    ap.add_argument("--steps", type=int, default=5, help="timed steps per config (median)")
+    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--seq", type=int, default=784)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
+    ap.add_argument("--worker", nargs=2, metavar=("CONFIG", "BATCH"), help=argparse.SUPPRESS)
+    args = ap.parse_args()
+
+    if args.worker:
+        kind, batch = args.worker[0], int(args.worker[1])
+        res = worker(kind, batch, args.steps, args.warmup, args.seq, args.threads)
+        print("RESULT " + json.dumps(res))
+        return
+
+    import torch
+
+    print(
+        f"# torch {torch.__version__}, {args.threads} threads, {platform.processor() or platform.machine()}, "
+        f"T={args.seq}, hidden 1-{'-'.join(map(str, HIDDEN))}-10, {args.steps} timed steps "
+        f"after {args.warmup} warm-up, load average {os.getloadavg()[0]:.1f}"
+    )
+    env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    rows = []
+    for batch in args.batch:
+        gemm = None
+        for kind in ["gemm", *[c for c in args.configs if c != "gemm"]]:
+            note = available(kind)
+            if note:
+                print(f"  skip {kind}: {note}", file=sys.stderr)
+                continue
+            cmd = [sys.executable, __file__, "--worker", kind, str(batch)]
+            cmd += ["--steps", str(args.steps), "--warmup", str(args.warmup)]
+            cmd += ["--seq", str(args.seq), "--threads", str(args.threads)]
+            proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+            line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")), None)
+            if proc.returncode != 0 or line is None:
+                print(f"  {kind} B={batch} failed:\n{proc.stderr[-2000:]}", file=sys.stderr)
+                continue
+            res = json.loads(line[len("RESULT ") :])
+            if kind == "gemm":
+                gemm = res["median_s"]
+            ratio = res["median_s"] / gemm if gemm else float("nan")
+            rows.append((batch, kind, res["median_s"], ratio, res["peak_mb"]))
+            print(
+                f"  B={batch:<4} {kind:<22} {res['median_s']:.3f} s  x{ratio:.2f}  "
+                f"{res['peak_mb']:.0f} MB",
+                file=sys.stderr,
+                flush=True,
+            )
+    print()
+    print("| B | config | step time (s) | x GEMM-only | peak memory (MB) |")
+    print("| ---: | --- | ---: | ---: | ---: |")
+    for batch, kind, t, ratio, mb in rows:
+        print(f"| {batch} | {CONFIGS[kind]} | {t:.3f} | {ratio:.2f} | {mb:.0f} |")
+
+
+if __name__ == "__main__":
+    main()

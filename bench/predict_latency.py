@@ -1,0 +1,255 @@
+"""Predict latency against a running server: p50/p99 for 1 and for 64 sequences of 784 steps
+(Seq-MNIST test digits), from one client and from 16 concurrent clients, plus the model cache's
+effect (the first call loads the checkpoint, later ones reuse it).
+
+    # against a running server and an existing seq_mnist job with a checkpoint
+    python bench/predict_latency.py --url http://127.0.0.1:8000 --token $TOKEN --job JOB_ID
+
+    # self-contained: start `celif serve` in a temp dir, train a small seq_mnist job until its
+    # first checkpoint (then cancel it, so the worker is idle while we measure), then measure
+    python bench/predict_latency.py --serve
+
+Prints a Markdown table (the figures in docs/benchmarks.md come from it); `--json` writes them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    if not ordered:
+        return float("nan")
+    k = (len(ordered) - 1) * q / 100
+    lo, hi = int(k), min(int(k) + 1, len(ordered) - 1)
+    return ordered[lo] + (ordered[hi] - ordered[lo]) * (k - lo)
+
+
+# ----------------------------------------------------------------------------- --serve
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Served:
+    """`celif serve` in a temp data dir; prints nothing of its own unless it fails."""
+
+    def __init__(self, data_dir: Path, mnist_dir: str | None):
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        env = {k: v for k, v in os.environ.items() if not k.startswith("CELIF_")}
+        if mnist_dir:
+            env["CELIF_MNIST_DIR"] = mnist_dir
+        env["PYTHONPATH"] = str(REPO)
+        cmd = [sys.executable, "-m", "service.cli", "serve", "--port", str(self.port), "--data-dir", str(data_dir), "--loglevel", "WARNING"]  # fmt: skip
+        self.proc = subprocess.Popen(
+            cmd, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            start_new_session=True,
+        )  # fmt: skip
+        self.lines: list[str] = []
+        threading.Thread(target=self._read, daemon=True).start()
+        self.token = self._wait_ready()
+
+    def _read(self) -> None:
+        for line in self.proc.stdout:
+            self.lines.append(line)
+
+    def _wait_ready(self) -> str:
+        deadline = time.monotonic() + 180
+        token = None
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError("celif serve exited:\n" + "".join(self.lines[-40:]))
+            m = re.search(r"TOKEN=(\S+)", "".join(self.lines))
+            token = token or (m.group(1) if m else None)
+            if token:
+                try:
+                    if httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200:
+                        return token
+                except httpx.HTTPError:
+                    pass
+            time.sleep(0.2)
+        self.stop()
+        raise RuntimeError("celif serve did not come up:\n" + "".join(self.lines[-40:]))
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGINT)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+
+
+def train_small_job(client: httpx.Client, hidden: list[int]) -> str:
+    spec = {
+        "name": "predict-bench",
+        "task": {"name": "seq_mnist", "params": {"val_size": 100, "train_subset": 512}},
+        "model": {"neuron": "celif", "hidden": hidden},
+        "training": {
+            "max_steps": 1000,
+            "batch_size": 16,
+            "eval_every": 5,
+            "checkpoint_every": 5,
+            "eval_batch_size": 100,
+            "device": "cpu",
+        },
+    }
+    r = client.post("/api/v1/jobs", json=spec)
+    r.raise_for_status()
+    job_id = r.json()["id"]
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline:
+        if client.get(f"/api/v1/jobs/{job_id}/checkpoints").json():
+            break
+        job = client.get(f"/api/v1/jobs/{job_id}").json()
+        if job["status"] in ("failed", "cancelled"):
+            raise RuntimeError(f"the bench job {job['status']}: {job.get('error')}")
+        time.sleep(0.5)
+    else:
+        raise RuntimeError("no checkpoint after 600 s")
+    client.post(f"/api/v1/jobs/{job_id}/cancel")  # the worker goes idle: it must not compete
+    while client.get(f"/api/v1/jobs/{job_id}").json()["status"] not in ("cancelled", "succeeded"):
+        time.sleep(0.2)
+    return job_id
+
+
+# ----------------------------------------------------------------------------- measuring
+def timed_predict(client: httpx.Client, job_id: str, inputs: list) -> tuple[float, dict[str, Any]]:
+    start = time.perf_counter()
+    r = client.post(f"/api/v1/jobs/{job_id}/predict", json={"inputs": inputs})
+    elapsed = time.perf_counter() - start
+    r.raise_for_status()
+    return elapsed, r.json()
+
+
+def run_case(
+    url: str, token: str, job_id: str, inputs: list, *, clients: int, requests: int
+) -> dict[str, float]:
+    headers = {"Authorization": f"Bearer {token}"}
+    per_client = max(1, requests // clients)
+
+    def worker(_: int) -> list[float]:
+        with httpx.Client(base_url=url, headers=headers, timeout=600) as c:
+            timed_predict(c, job_id, inputs)  # connection warm-up (not counted)
+            return [timed_predict(c, job_id, inputs)[0] for _ in range(per_client)]
+
+    start = time.perf_counter()
+    with ThreadPoolExecutor(clients) as pool:
+        latencies = [t for batch in pool.map(worker, range(clients)) for t in batch]
+    wall = time.perf_counter() - start
+    n = len(inputs)
+    return {
+        "sequences": n,
+        "clients": clients,
+        "requests": len(latencies),
+        "p50_ms": 1000 * percentile(latencies, 50),
+        "p99_ms": 1000 * percentile(latencies, 99),
+        "mean_ms": 1000 * statistics.fmean(latencies),
+        "throughput_seq_per_s": n * len(latencies) / wall,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--url", help="base URL of a running server")
+    p.add_argument(
+        "--token", default=os.environ.get("CELIF_TOKEN"), help="API token (or CELIF_TOKEN)"
+    )
+    p.add_argument("--job", help="a seq_mnist job with a checkpoint")
+    p.add_argument(
+        "--serve", action="store_true", help="start `celif serve` in a temp dir and train a job"
+    )
+    p.add_argument("--hidden", default="64,256,256", help="hidden sizes of the --serve job")
+    p.add_argument("--mnist-dir", default=os.environ.get("CELIF_MNIST_DIR"))
+    p.add_argument("--requests", type=int, default=64, help="timed requests per case (N=1)")
+    p.add_argument("--requests-64", type=int, default=32, help="timed requests per case (N=64)")
+    p.add_argument("--concurrency", type=int, default=16)
+    p.add_argument("--json", type=Path, help="also write the figures here")
+    args = p.parse_args(argv)
+
+    served = None
+    tmp = None
+    try:
+        if args.serve:
+            tmp = tempfile.TemporaryDirectory(prefix="celif-bench-")
+            served = Served(Path(tmp.name) / "data", args.mnist_dir)
+            url, token = served.url, served.token
+            with httpx.Client(
+                base_url=url, headers={"Authorization": f"Bearer {token}"}, timeout=60
+            ) as c:
+                hidden = [int(h) for h in args.hidden.split(",")]
+                print(
+                    f"training a seq_mnist job (hidden {hidden}) to its first checkpoint...",
+                    file=sys.stderr,
+                )
+                job_id = train_small_job(c, hidden)
+        else:
+            if not (args.url and args.token and args.job):
+                p.error("give --url, --token and --job, or --serve")
+            url, token, job_id = args.url.rstrip("/"), args.token, args.job
+
+        headers = {"Authorization": f"Bearer {token}"}
+        with httpx.Client(base_url=url, headers=headers, timeout=600) as c:
+            samples = c.get(f"/api/v1/jobs/{job_id}/samples", params={"split": "test", "n": 64})
+            samples.raise_for_status()
+            batch = samples.json()["inputs"]  # [64, 784]
+            one = batch[:1]
+            # Cache effect: the first call loads the checkpoint (a fresh server has not yet).
+            first, body1 = timed_predict(c, job_id, one)
+            second, body2 = timed_predict(c, job_id, one)
+        cache = {
+            "first_ms": 1000 * first,
+            "first_cached": body1["cached"],
+            "second_ms": 1000 * second,
+            "second_cached": body2["cached"],
+        }
+        cases = []
+        for inputs, requests in ((one, args.requests), (batch, args.requests_64)):
+            for clients in (1, args.concurrency):
+                cases.append(
+                    run_case(url, token, job_id, inputs, clients=clients, requests=requests)
+                )
+    finally:
+        if served is not None:
+            served.stop()
+        if tmp is not None:
+            tmp.cleanup()
+
+    print(f"cache: first call {cache['first_ms']:.0f} ms (cached={cache['first_cached']}), "
+          f"second call {cache['second_ms']:.0f} ms (cached={cache['second_cached']})")  # fmt: skip
+    print()
+    print("| sequences x 784 steps | clients | requests | p50 ms | p99 ms | sequences/s |")
+    print("| ---: | ---: | ---: | ---: | ---: | ---: |")
+    for r in cases:
+        print(f"| {r['sequences']} | {r['clients']} | {r['requests']} | {r['p50_ms']:.1f} | "
+              f"{r['p99_ms']:.1f} | {r['throughput_seq_per_s']:.1f} |")  # fmt: skip
+    if args.json:
+        args.json.write_text(json.dumps({"cache": cache, "cases": cases}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,241 @@
+"""Backend dispatch for neuron scans and the public ``lif``/``alif``/``plif``/``celif`` functions.
+
+``neuron_scan`` is the one entry point: it validates the inputs, then runs either the fused
+kernel (``celif_core.kernels``: forward and backward each one compiled loop over time) or the
+reference Python loop (``reference.py``). Both return the same ``ScanResult``; only ``spikes``
+carries gradient, the returned state and traces are detached, and no gradient ever flows into
+the ``state`` passed in.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+
+from celif_core.functional.reference import (
+    NeuronState,
+    ScanResult,
+    _check_state,
+    _shape_of,
+    ce_coefficients,
+    needs_te,
+    reference_scan,
+    resolve_params,
+    zero_state,
+)
+
+BACKENDS = ("auto", "fused", "reference")
+FUSED_DTYPES = (torch.float32, torch.float64)
+
+
+# --------------------------------------------------------------------------- backend reporting
+
+
+def fused_available(device: str | torch.device = "cpu") -> bool:
+    """Whether the fused kernel can run on ``device`` (builds the CPU extension on first call)."""
+    if torch.device(device).type != "cpu":
+        return False  # no GPU kernel yet: CUDA tensors run the reference scan
+    from celif_core.kernels import load_cpu_extension
+
+    return load_cpu_extension() is not None
+
+
+def active_backend(device: str | torch.device = "cpu") -> str:
+    """The backend ``backend="auto"`` runs on ``device``: ``"fused-cpu"`` or ``"reference"``."""
+    return "fused-cpu" if fused_available(device) else "reference"
+
+
+def _fused_unavailable_reason(current: torch.Tensor) -> str | None:
+    if current.device.type != "cpu":
+        return f"no fused kernel for device {current.device.type!r}"
+    if current.dtype not in FUSED_DTYPES:
+        return f"the fused kernel supports float32/float64, got {current.dtype}"
+    if not fused_available("cpu"):
+        from celif_core.kernels import cpu_extension_error
+
+        return f"the CPU extension failed to load ({cpu_extension_error()})"
+    return None
+
+
+# --------------------------------------------------------------------------- the scan
+
+
+def neuron_scan(
+    current: torch.Tensor,
+    *,
+    neuron: str,
+    params: Mapping[str, Any],
+    te: torch.Tensor | None = None,
+    state: NeuronState | None = None,
+    traces: bool = False,
+    backend: str = "auto",
+    memory: str = "save",
+) -> ScanResult:
+    """Scan ``neuron`` over ``current`` [T, B, N] from ``state`` (zeros if None).
+
+    ``params``: see ``reference.resolve_params``. ``te``: [>=T, N] temporal-encoding table for
+    celif ce_modes ``te``/``spike_te``/``membrane_te`` (its first T rows are used).
+    ``backend``: ``"auto"`` (fused when available for this device/dtype, else reference),
+    ``"fused"`` or ``"reference"``. ``memory`` (fused only): ``"save"`` keeps U and one byte per
+    element for backward; ``"recompute"`` keeps only the input and re-runs the forward in
+    backward.
+    """
+    p = resolve_params(neuron, params)
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {list(BACKENDS)}, got {backend!r}")
+    from celif_core.kernels.fused import MEMORY_MODES
+
+    if memory not in MEMORY_MODES:
+        raise ValueError(f"memory must be one of {list(MEMORY_MODES)}, got {memory!r}")
+    if not isinstance(current, torch.Tensor) or current.dim() != 3:
+        raise ValueError(f"current must be a [T, B, N] tensor, got {_shape_of(current)}")
+    if not current.is_floating_point():
+        raise ValueError(f"current must be a floating-point tensor, got {current.dtype}")
+    T, B, N = current.shape
+    te_rows = _check_te(te, T, N, p) if needs_te(neuron, p) else None
+    alpha = p["alpha"]
+    if isinstance(alpha, torch.Tensor) and alpha.dim() == 1 and alpha.shape[0] != N:
+        raise ValueError(f"alpha must be a scalar or a [N]={[N]} tensor, got {_shape_of(alpha)}")
+    if state is not None:
+        _check_state(state, (B, N), "state")
+        state = NeuronState(*(x.detach().to(current.dtype) for x in state))
+
+    if backend == "auto":
+        backend = "reference" if _fused_unavailable_reason(current) else "fused"
+    elif backend == "fused":
+        reason = _fused_unavailable_reason(current)
+        if reason:
+            raise ValueError(f"backend='fused' is not available: {reason}")
+
+    if backend == "reference":
+        return reference_scan(current, neuron=neuron, params=p, te=te_rows, state=state,
+                              traces=traces)  # fmt: skip
+
+    from celif_core.kernels.fused import fused_scan, make_config
+
+    if isinstance(alpha, torch.Tensor):
+        alpha_t = alpha.to(current.dtype)
+    else:
+        alpha_t = torch.tensor(alpha, dtype=current.dtype)
+    cfg = make_config(p, ce_coefficients(neuron, p), memory=memory, traces=traces)
+    st = zero_state(current) if state is None else state
+    spikes, final, u_tr, th_tr = fused_scan(
+        current, None if te_rows is None else te_rows.to(current.dtype), alpha_t, st, cfg
+    )
+    return ScanResult(spikes, NeuronState(*final), u_tr, th_tr)
+
+
+def _check_te(te: Any, T: int, N: int, p: Mapping[str, Any]) -> torch.Tensor:
+    if not isinstance(te, torch.Tensor) or te.dim() != 2 or te.shape[0] < T or te.shape[1] != N:
+        raise ValueError(
+            f"te must be a [>=T, N]=[>={T}, {N}] tensor for ce_mode {p['ce_mode']!r}, "
+            f"got {_shape_of(te)}"
+        )
+    return te[:T]  # [T, N]
+
+
+# --------------------------------------------------------------------------- public neurons
+
+
+def lif(
+    current: torch.Tensor,
+    *,
+    alpha: float,
+    theta0: float,
+    surrogate_width: float,
+    detach_reset: bool = False,
+) -> torch.Tensor:
+    """LIF spikes [T, B, N] from zero state (paper Eq. 2)."""
+    params = dict(
+        alpha=alpha, theta0=theta0, surrogate_width=surrogate_width, detach_reset=detach_reset
+    )
+    return neuron_scan(current, neuron="lif", params=params).spikes
+
+
+def alif(
+    current: torch.Tensor,
+    *,
+    alpha: float,
+    rho: float,
+    theta0: float,
+    beta: float,
+    surrogate_width: float,
+    detach_reset: bool = False,
+) -> torch.Tensor:
+    """Adaptive-threshold LIF spikes [T, B, N] (paper Eq. 3)."""
+    params = dict(
+        alpha=alpha,
+        rho=rho,
+        theta0=theta0,
+        beta=beta,
+        surrogate_width=surrogate_width,
+        detach_reset=detach_reset,
+    )
+    return neuron_scan(current, neuron="alif", params=params).spikes
+
+
+def plif(
+    current: torch.Tensor,
+    alpha: torch.Tensor,
+    *,
+    theta0: float,
+    surrogate_width: float,
+    detach_reset: bool = False,
+) -> torch.Tensor:
+    """Parametric LIF spikes [T, B, N]: ``alpha`` is a tensor (scalar or [N]) that gets a grad."""
+    params = dict(
+        alpha=alpha, theta0=theta0, surrogate_width=surrogate_width, detach_reset=detach_reset
+    )
+    return neuron_scan(current, neuron="plif", params=params).spikes
+
+
+def celif(
+    current: torch.Tensor,
+    te: torch.Tensor,
+    *,
+    alpha: float,
+    rho: float,
+    theta0: float,
+    surrogate_width: float,
+    ce_mode: str = "membrane_te",
+    detach_reset: bool = False,
+) -> torch.Tensor:
+    """CE-LIF spikes [T, B, N] (paper Eq. 4); ``te`` is the [T, N] temporal-encoding table."""
+    return celif_traces(
+        current,
+        te,
+        alpha=alpha,
+        rho=rho,
+        theta0=theta0,
+        surrogate_width=surrogate_width,
+        ce_mode=ce_mode,
+        detach_reset=detach_reset,
+        traces=False,
+    ).spikes
+
+
+def celif_traces(
+    current: torch.Tensor,
+    te: torch.Tensor | None,
+    *,
+    alpha: float,
+    rho: float,
+    theta0: float,
+    surrogate_width: float,
+    ce_mode: str = "membrane_te",
+    detach_reset: bool = False,
+    state: NeuronState | None = None,
+    traces: bool = True,
+) -> ScanResult:
+    """CE-LIF scan returning the full ``ScanResult`` (spikes, final state, U and theta traces)."""
+    params = dict(
+        alpha=alpha,
+        rho=rho,
+        theta0=theta0,
+        surrogate_width=surrogate_width,
+        ce_mode=ce_mode,
+        detach_reset=detach_reset,
+    )
+    return neuron_scan(current, neuron="celif", params=params, te=te, state=state, traces=traces)

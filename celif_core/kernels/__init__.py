@@ -1,0 +1,77 @@
+"""Fused neuron scans: the compiled CPU extension and its loader.
+
+The C++ source (``scan_cpu.cpp``) is compiled with ``torch.utils.cpp_extension.load`` the first
+time a fused scan runs in a process, and cached by torch under ``$TORCH_EXTENSIONS_DIR``
+(default ``~/.cache/torch_extensions``): later processes load the cached library in well under a
+second. If the build fails, :func:`load_cpu_extension` logs one warning and returns ``None``, and
+``celif_core.functional`` falls back to the reference scan.
+
+Environment:
+    CELIF_DISABLE_FUSED=1   never build or use the fused kernel (reference everywhere)
+    CELIF_KERNEL_NATIVE=0   build without ``-march=native`` (e.g. a build cache shared by
+                            hosts with different CPUs)
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from pathlib import Path
+from types import ModuleType
+
+log = logging.getLogger(__name__)
+
+# Must match the CeMode enum in scan_cpu.cpp.
+CE_MODE_IDS = {"none": 0, "spike": 1, "membrane": 2, "te": 3, "spike_te": 4, "membrane_te": 5}
+
+_SOURCE = Path(__file__).with_name("scan_cpu.cpp")
+_lock = threading.Lock()
+_state: dict[str, object] = {"tried": False, "ext": None, "error": None}
+
+
+def _disabled() -> bool:
+    return os.environ.get("CELIF_DISABLE_FUSED", "").strip().lower() in ("1", "true", "yes")
+
+
+def load_cpu_extension() -> ModuleType | None:
+    """Build (first use) or load (cached) the CPU extension; ``None`` if unavailable."""
+    if _disabled():
+        return None
+    with _lock:
+        if not _state["tried"]:
+            _state["tried"] = True
+            try:
+                _state["ext"] = _build()
+            except Exception as exc:  # any build/load failure means: use the reference
+                _state["error"] = f"{type(exc).__name__}: {exc}"
+                log.warning(
+                    "celif fused CPU kernel unavailable, falling back to the reference scan: %s",
+                    _state["error"],
+                )
+        return _state["ext"]  # type: ignore[return-value]
+
+
+def cpu_extension_error() -> str | None:
+    """Why the extension is unavailable (after a failed load), else ``None``."""
+    if _disabled():
+        return "disabled by CELIF_DISABLE_FUSED"
+    return _state["error"]  # type: ignore[return-value]
+
+
+def _build() -> ModuleType:
+    from torch.utils.cpp_extension import load
+
+    cflags = ["-O3", "-fopenmp", "-ffp-contract=off"]
+    # -ffp-contract=off: no fused multiply-add, so the kernel rounds like the PyTorch
+    # reference and spikes match it exactly.
+    if os.environ.get("CELIF_KERNEL_NATIVE", "1") != "0":
+        cflags.append("-march=native")
+    name = "celif_scan_cpu" + ("" if "-march=native" in cflags else "_generic")
+    return load(
+        name=name,
+        sources=[str(_SOURCE)],
+        extra_cflags=cflags,
+        extra_ldflags=["-fopenmp"],
+        verbose=False,
+    )

@@ -1,0 +1,155 @@
+"""The FastAPI application: `create_app(settings=None)`.
+
+Routers of the domain packages are included here; the optional ones (predict, datasets,
+dashboard) are included when their module exists, so the app runs before they land.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import json
+import logging
+
+from fastapi import FastAPI, HTTPException
+from fastapi.middleware.cors import CORSMiddleware
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from service import health
+from service.catalog.routes import router as catalog_router
+from service.errors import install_error_handlers
+from service.jobs import routes as job_routes
+from service.settings import Settings, get_settings
+
+log = logging.getLogger(__name__)
+
+API_PREFIX = "/api/v1"
+# Included when present; each module defines `router`. The dashboard goes last (it serves `/`).
+OPTIONAL_ROUTERS = (
+    "service.predict.routes",
+    "service.datasets.routes",
+    "service.dashboard.routes",
+)
+UPLOAD_PATH_PREFIXES = (f"{API_PREFIX}/datasets",)
+
+
+class _BodyTooLarge(HTTPException):
+    """Raised from `receive`; an HTTPException so FastAPI's body parsing re-raises it as is."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(413, f"request body over the limit of {limit} bytes")
+
+
+class BodySizeLimitMiddleware:
+    """413 for request bodies over `max_body_bytes` (`max_upload_bytes` on upload routes),
+    checked on `Content-Length` first and then on the bytes actually received (chunked)."""
+
+    def __init__(self, app: ASGIApp, *, max_body_bytes: int, max_upload_bytes: int) -> None:
+        self.app = app
+        self.max_body = max_body_bytes
+        self.max_upload = max_upload_bytes
+
+    def _limit(self, path: str) -> int:
+        return self.max_upload if path.startswith(UPLOAD_PATH_PREFIXES) else self.max_body
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        limit = self._limit(scope.get("path", ""))
+        for name, value in scope.get("headers", []):
+            if name == b"content-length":
+                try:
+                    too_large = int(value) > limit
+                except ValueError:
+                    too_large = False
+                if too_large:
+                    await self._reject(send, limit)
+                    return
+        received = 0
+        started = False
+
+        async def limited_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    raise _BodyTooLarge(limit)
+            return message
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, limited_receive, tracking_send)
+        except _BodyTooLarge:
+            if not started:
+                await self._reject(send, limit)
+
+    @staticmethod
+    async def _reject(send: Send, limit: int) -> None:
+        body = json.dumps({"detail": f"request body over the limit of {limit} bytes"}).encode()
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 413,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode()),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})
+
+
+def _optional_router(module_name: str):
+    if importlib.util.find_spec(module_name) is None:
+        return None
+    return getattr(importlib.import_module(module_name), "router", None)
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+    app = FastAPI(
+        title="CE-LIF training service",
+        version="0.1.0",
+        description="Train spiking neural networks built around the CE-LIF neuron over HTTP. "
+        "Every /api/v1 route needs `Authorization: Bearer <token>`.",
+        openapi_url="/openapi.json",
+    )
+    app.state.settings = settings
+    app.state.sse_poll_interval_s = job_routes.SSE_POLL_INTERVAL_S
+    app.state.sse_keepalive_s = job_routes.SSE_KEEPALIVE_S
+
+    install_error_handlers(app)
+
+    app.include_router(health.router)
+    app.include_router(catalog_router)
+    app.include_router(job_routes.router)
+    for module_name in OPTIONAL_ROUTERS:
+        router = _optional_router(module_name)
+        if router is not None:
+            app.include_router(router)
+        else:
+            log.info("optional router %s not present; skipped", module_name)
+
+    # Middleware: the last added runs first. Latency wraps everything (413s and CORS included).
+    app.add_middleware(
+        BodySizeLimitMiddleware,
+        max_body_bytes=settings.max_body_bytes,
+        max_upload_bytes=settings.max_upload_bytes,
+    )
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST", "DELETE", "OPTIONS"],
+            allow_headers=["Authorization", "Content-Type", "Idempotency-Key", "Last-Event-ID"],
+            expose_headers=["Location", "Idempotent-Replayed", "X-Checkpoint-SHA256"],
+        )
+    app.add_middleware(health.LatencyMiddleware)
+    return app

@@ -1,0 +1,1 @@
+"""Bearer tokens: creation, hashing, verification."""

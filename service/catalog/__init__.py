@@ -1,0 +1,1 @@
+"""Catalogs of tasks and neuron models, from `celif_core.spec`."""

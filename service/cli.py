@@ -1,0 +1,317 @@
+"""The `celif` console script.
+
+    celif serve [--host 127.0.0.1] [--port 8000] [--data-dir DIR] [--demo]
+    celif worker [--data-dir DIR] [--queue celif] [--loglevel INFO]
+    celif token create --name NAME [--data-dir DIR]
+    celif db upgrade [--data-dir DIR]
+    celif train ...            (the library's trainer without a server: celif_core.cli)
+
+Settings come from CELIF_* environment variables / `.env` (service/settings.py); `--data-dir`
+sets CELIF_DATA_DIR before they are read. Nothing here imports torch except `train`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+log = logging.getLogger("celif")
+
+DEMO_SPEC = {
+    "name": "demo-adding",
+    "task": {"name": "adding", "params": {"seq_len": 20}},
+    "model": {"neuron": "celif", "hidden": [16, 16]},
+    "training": {
+        "max_steps": 200,
+        "batch_size": 64,
+        "lr": 0.005,
+        "eval_every": 50,
+        "checkpoint_every": 100,
+    },
+}
+
+
+# ----------------------------------------------------------------------------- settings
+def _apply_data_dir(data_dir: str | None):
+    """Point the settings at `data_dir` (before they are first read) and return them."""
+    from service.settings import get_settings
+
+    if data_dir is not None:
+        os.environ["CELIF_DATA_DIR"] = str(Path(data_dir).expanduser().resolve())
+    get_settings.cache_clear()
+    return get_settings()
+
+
+def _prepare_dirs(settings) -> None:
+    for path in (settings.data_dir, settings.storage_dir):
+        Path(path).mkdir(parents=True, exist_ok=True)
+
+
+def _upgrade(settings) -> None:
+    from service.db.migrate import upgrade_database
+
+    _prepare_dirs(settings)
+    upgrade_database(settings.database_url)
+
+
+# ----------------------------------------------------------------------------- commands
+def cmd_db_upgrade(args) -> int:
+    settings = _apply_data_dir(args.data_dir)
+    _upgrade(settings)
+    print(f"database at {_redact(settings.database_url)} is up to date", file=sys.stderr)
+    return 0
+
+
+def cmd_token_create(args) -> int:
+    settings = _apply_data_dir(args.data_dir)
+    if settings.embedded:  # a fresh data dir has no tables yet
+        _upgrade(settings)
+    from service.auth.service import create_user_and_token
+    from service.db.session import session_scope
+
+    with session_scope(settings.database_url) as session:
+        token = create_user_and_token(session, args.name)
+    print(token)  # alone on stdout, so `TOKEN=$(celif token create --name me)` works
+    return 0
+
+
+def worker_argv(queue: str, loglevel: str, concurrency: int = 1) -> list[str]:
+    return [
+        "worker",
+        f"--loglevel={loglevel}",
+        f"--concurrency={concurrency}",
+        "--pool=prefork",  # the job runs in a forked child: CUDA is initialised there only
+        f"--queues={queue}",
+        f"--hostname=celif-{os.getpid()}@%h",
+        "--without-mingle",
+        "--without-gossip",
+    ]
+
+
+def cmd_worker(args) -> int:
+    settings = _apply_data_dir(args.data_dir)
+    _prepare_dirs(settings)
+    from worker.app import celery_app
+
+    celery_app.worker_main(argv=worker_argv(args.queue, args.loglevel))
+    return 0
+
+
+def cmd_train(argv: list[str]) -> int:
+    from celif_core.cli import main as train_main
+
+    return int(train_main(argv) or 0)
+
+
+# ----------------------------------------------------------------------------- serve
+class WorkerSupervisor:
+    """Runs one `celif worker` child process and restarts it when it dies."""
+
+    def __init__(self, env: dict[str, str], loglevel: str = "INFO"):
+        self.env = env
+        self.loglevel = loglevel
+        self.proc: subprocess.Popen | None = None
+        self.restarts = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="worker-supervisor", daemon=True)
+
+    def _spawn(self) -> subprocess.Popen:
+        cmd = [sys.executable, "-m", "service.cli", "worker", "--loglevel", self.loglevel]
+        # Own process group: a stop takes down the pool child too.
+        return subprocess.Popen(cmd, env=self.env, start_new_session=True)
+
+    def start(self) -> None:
+        self.proc = self._spawn()
+        self._thread.start()
+
+    def _loop(self) -> None:
+        backoff = 1.0
+        while not self._stop.wait(1.0):
+            if self.proc is None or self.proc.poll() is None:
+                continue
+            code = self.proc.returncode
+            log.warning("worker process exited (code %s); restarting in %.0fs", code, backoff)
+            if self._stop.wait(backoff):
+                return
+            self.proc = self._spawn()
+            self.restarts += 1
+            backoff = min(backoff * 2, 30.0)
+
+    def stop(self, timeout: float = 15.0) -> None:
+        self._stop.set()
+        proc = self.proc
+        if proc is None or proc.poll() is not None:
+            return
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        except ProcessLookupError:
+            pass
+
+
+def _first_start_token(settings) -> str | None:
+    """On a database with no users, create the admin user and return its token."""
+    from sqlalchemy import func, select
+
+    from service.auth.service import create_user_and_token
+    from service.db.models import User
+    from service.db.session import session_scope
+
+    with session_scope(settings.database_url) as session:
+        if session.scalar(select(func.count()).select_from(User)):
+            return None
+        return create_user_and_token(session, "admin", "first-start")
+
+
+def _submit_demo(base_url: str, settings, deadline_s: float = 120.0) -> None:
+    import httpx
+
+    from service.auth.service import create_token, get_or_create_user
+    from service.db.session import session_scope
+
+    with session_scope(settings.database_url) as session:
+        token = create_token(session, get_or_create_user(session, "admin"), "demo")
+    end = time.monotonic() + deadline_s
+    while time.monotonic() < end:
+        try:
+            if httpx.get(f"{base_url}/healthz", timeout=2).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    r = httpx.post(
+        f"{base_url}/api/v1/jobs",
+        json=DEMO_SPEC,
+        headers={"Authorization": f"Bearer {token}"},
+        timeout=30,
+    )
+    r.raise_for_status()
+    job_id = r.json()["id"]
+    print(f"Demo job submitted: {base_url}/api/v1/jobs/{job_id}", flush=True)
+    print(f"  dashboard: {base_url}/#/jobs/{job_id}", flush=True)
+
+
+def cmd_serve(args) -> int:
+    settings = _apply_data_dir(args.data_dir)
+    _upgrade(settings)
+    import uvicorn
+
+    from service.app import create_app
+    from worker.reaper import start_reaper_thread
+
+    token = _first_start_token(settings)
+    env = dict(os.environ, CELIF_DATA_DIR=str(Path(settings.data_dir).resolve()))
+    supervisor = WorkerSupervisor(env, args.loglevel)
+    supervisor.start()
+    stop_reaper = start_reaper_thread(settings)
+
+    url = f"http://{args.host}:{args.port}"
+    print(f"CE-LIF training service: {url}", flush=True)
+    print(f"  API docs: {url}/docs   data dir: {Path(settings.data_dir).resolve()}", flush=True)
+    if token:
+        print("  First start: an admin token was created (shown once):", flush=True)
+        print(f"  TOKEN={token}", flush=True)
+    if args.demo:
+        threading.Thread(target=_demo_thread, args=(url, settings), daemon=True).start()
+    try:
+        uvicorn.run(create_app(), host=args.host, port=args.port, log_level=args.loglevel.lower())
+    finally:
+        stop_reaper.set()
+        supervisor.stop()
+    return 0
+
+
+def _demo_thread(url: str, settings) -> None:
+    try:
+        _submit_demo(url, settings)
+    except Exception:
+        log.exception("could not submit the demo job")
+
+
+# ----------------------------------------------------------------------------- parsing
+def _redact(url: str) -> str:
+    if "@" in url and "://" in url:
+        scheme, rest = url.split("://", 1)
+        return f"{scheme}://***@{rest.split('@', 1)[1]}"
+    return url
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="celif", description="CE-LIF training service")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    data_dir = argparse.ArgumentParser(add_help=False)
+    data_dir.add_argument("--data-dir", help="root of everything kept (sets CELIF_DATA_DIR)")
+    loglevel = argparse.ArgumentParser(add_help=False)
+    loglevel.add_argument(
+        "--loglevel", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"]
+    )
+
+    p = sub.add_parser(
+        "serve",
+        parents=[data_dir, loglevel],
+        help="embedded default: SQLite + filesystem broker, API + one supervised worker",
+    )
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=_port, default=8000)
+    p.add_argument("--demo", action="store_true", help="also submit a small demo job")
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("worker", parents=[data_dir, loglevel], help="run one Celery worker")
+    p.add_argument("--queue", default=None, help="queue to consume (default: celif)")
+    p.set_defaults(func=cmd_worker)
+
+    p = sub.add_parser("token", help="API tokens")
+    tsub = p.add_subparsers(dest="token_command", required=True, metavar="ACTION")
+    t = tsub.add_parser("create", parents=[data_dir], help="create a token; prints it alone")
+    t.add_argument("--name", required=True, help="user name (created if absent)")
+    t.set_defaults(func=cmd_token_create)
+
+    p = sub.add_parser("db", help="database")
+    dsub = p.add_subparsers(dest="db_command", required=True, metavar="ACTION")
+    d = dsub.add_parser("upgrade", parents=[data_dir], help="apply migrations")
+    d.set_defaults(func=cmd_db_upgrade)
+
+    sub.add_parser("train", help="train a spec locally without a server (celif train --help)")
+    return parser
+
+
+def _port(value: str) -> int:
+    try:
+        port = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {value!r}") from None
+    if not 0 < port < 65536:
+        raise argparse.ArgumentTypeError(f"port must be 1-65535, got {port}")
+    return port
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "train":
+        return cmd_train(argv[1:])
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=getattr(args, "loglevel", "WARNING"),
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    if getattr(args, "queue", "x") is None:
+        from worker.app import QUEUE
+
+        args.queue = QUEUE
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,813 @@
+// CE-LIF dashboard: a single page over the public API (/api/v1). No framework, no build step.
+// The token lives in localStorage and goes out as "Authorization: Bearer"; the SSE stream is read
+// with fetch() streaming so the token never appears in a URL.
+"use strict";
+
+const API = "/api/v1";
+const TOKEN_KEY = "celif_token";
+const MNIST_TASKS = ["seq_mnist", "ps_mnist"];
+const TRAINING_ENUMS = {
+  optimizer: ["adam", "adamw", "sgd"],
+  lr_schedule: ["constant", "cosine"],
+  device: ["auto", "cpu", "cuda"],
+  backend: ["auto", "fused", "reference"],
+  memory: ["auto", "store", "recompute"],
+};
+
+const $ = (sel) => document.querySelector(sel);
+const el = (tag, attrs = {}, ...children) => {
+  const node = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs)) {
+    if (k === "class") node.className = v;
+    else if (k === "dataset") Object.assign(node.dataset, v);
+    else if (k.startsWith("on")) node.addEventListener(k.slice(2), v);
+    else if (v !== undefined && v !== null && v !== false) node.setAttribute(k, v === true ? "" : v);
+  }
+  for (const c of children) node.append(c instanceof Node ? c : document.createTextNode(String(c)));
+  return node;
+};
+
+const state = {
+  catalog: null, // {tasks, neurons, training_defaults}
+  jobsTimer: null,
+  jobView: null, // per-job page state, reset on navigation
+};
+
+// ------------------------------------------------------------------ API
+class ApiError extends Error {
+  constructor(status, detail) {
+    super(typeof detail === "string" ? detail : JSON.stringify(detail));
+    this.status = status;
+    this.detail = detail;
+  }
+}
+
+function token() {
+  return localStorage.getItem(TOKEN_KEY);
+}
+
+async function api(path, { method = "GET", body, raw = false, headers = {} } = {}) {
+  const opts = { method, headers: { Authorization: `Bearer ${token()}`, ...headers } };
+  if (body instanceof FormData) opts.body = body;
+  else if (body !== undefined) {
+    opts.body = JSON.stringify(body);
+    opts.headers["Content-Type"] = "application/json";
+  }
+  const resp = await fetch(API + path, opts);
+  if (resp.status === 401) {
+    signOut("Your token was refused; sign in again.");
+    throw new ApiError(401, "unauthorized");
+  }
+  if (!resp.ok) {
+    let detail = resp.statusText;
+    try {
+      detail = (await resp.json()).detail;
+    } catch (_) {}
+    throw new ApiError(resp.status, detail);
+  }
+  if (raw) return resp;
+  return resp.status === 204 ? null : resp.json();
+}
+
+function errorText(err) {
+  if (err instanceof ApiError && Array.isArray(err.detail)) {
+    return err.detail.map((d) => `${(d.loc || []).filter((p) => p !== "body").join(".")}: ${d.msg}`).join("\n");
+  }
+  return err.message || String(err);
+}
+
+// ------------------------------------------------------------------ routing
+function show(view) {
+  for (const s of document.querySelectorAll(".view")) s.hidden = s.id !== `view-${view}`;
+}
+
+function stopJobView() {
+  if (state.jobView) {
+    state.jobView.abort.abort();
+    clearInterval(state.jobView.timer);
+    state.jobView = null;
+  }
+  clearInterval(state.jobsTimer);
+  state.jobsTimer = null;
+}
+
+async function route() {
+  stopJobView();
+  if (!token()) {
+    $("#nav").hidden = true;
+    show("signin");
+    return;
+  }
+  $("#nav").hidden = false;
+  const hash = location.hash.replace(/^#/, "") || "/";
+  const m = hash.match(/^\/jobs\/([^/]+)$/);
+  try {
+    if (m) await showJob(m[1]);
+    else if (hash === "/new") await showNewJob();
+    else if (hash === "/datasets") await showDatasets();
+    else await showJobs();
+  } catch (err) {
+    if (!(err instanceof ApiError && err.status === 401)) console.error(err);
+  }
+}
+
+function signOut(message) {
+  localStorage.removeItem(TOKEN_KEY);
+  state.catalog = null;
+  $("#signin-error").textContent = message || "";
+  location.hash = "#/";
+  route();
+}
+
+async function signIn(ev) {
+  ev.preventDefault();
+  const value = $("#token-input").value.trim();
+  if (!value) return;
+  const resp = await fetch(`${API}/jobs?limit=1`, { headers: { Authorization: `Bearer ${value}` } });
+  if (!resp.ok) {
+    $("#signin-error").textContent = resp.status === 401 ? "That token was refused." : `Error ${resp.status}`;
+    return;
+  }
+  localStorage.setItem(TOKEN_KEY, value);
+  $("#token-input").value = "";
+  $("#signin-error").textContent = "";
+  route();
+}
+
+// ------------------------------------------------------------------ job list
+function fmtMetrics(metrics) {
+  return Object.entries(metrics || {})
+    .filter(([, v]) => typeof v === "number")
+    .slice(0, 3)
+    .map(([k, v]) => `${k} ${Number(v).toPrecision(4)}`)
+    .join(", ");
+}
+
+async function showJobs() {
+  show("jobs");
+  const refresh = async () => {
+    const data = await api("/jobs?limit=100");
+    const tbody = $("#jobs-table tbody");
+    tbody.replaceChildren(
+      ...data.items.map((j) =>
+        el(
+          "tr",
+          { dataset: { jobId: j.id, status: j.status } },
+          el("td", {}, el("a", { href: `#/jobs/${j.id}` }, j.name || j.id)),
+          el("td", {}, j.task),
+          el("td", {}, j.neuron),
+          el("td", {}, el("span", { class: `status ${j.status}` }, j.status)),
+          el("td", {}, `${j.progress.step}/${j.progress.max_steps}`),
+          el("td", {}, fmtMetrics(j.best_metrics)),
+          el("td", {}, new Date(j.created_at).toLocaleString()),
+        ),
+      ),
+    );
+    $("#jobs-empty").hidden = data.items.length > 0;
+  };
+  await refresh();
+  state.jobsTimer = setInterval(() => refresh().catch(() => {}), 2000);
+}
+
+// ------------------------------------------------------------------ submit form
+async function loadCatalog() {
+  if (state.catalog) return state.catalog;
+  const [tasks, neurons] = await Promise.all([api("/tasks"), api("/neurons")]);
+  state.catalog = { tasks: tasks.items, neurons: neurons.items, training_defaults: neurons.training_defaults };
+  return state.catalog;
+}
+
+function schemaType(prop) {
+  if (prop.enum) return { type: "enum", options: prop.enum, nullable: false };
+  if (prop.const !== undefined) return { type: "enum", options: [prop.const], nullable: false };
+  if (prop.anyOf) {
+    const nonNull = prop.anyOf.filter((p) => p.type !== "null");
+    const nullable = nonNull.length < prop.anyOf.length;
+    const inner = nonNull.length ? schemaType(nonNull[0]) : { type: "string" };
+    return { ...inner, nullable };
+  }
+  return { type: prop.type || "string", nullable: false };
+}
+
+function field(loc, name, prop, value) {
+  const t = schemaType(prop);
+  const id = `f-${loc}`;
+  let input;
+  if (t.type === "enum") {
+    input = el("select", { id }, ...t.options.map((o) => el("option", { value: o, selected: o === value }, o)));
+  } else if (t.type === "boolean") {
+    input = el("input", { id, type: "checkbox", checked: !!value });
+  } else {
+    input = el("input", {
+      id,
+      type: "text",
+      inputmode: t.type === "integer" || t.type === "number" ? "decimal" : undefined,
+      value: value === null || value === undefined ? "" : String(value),
+      placeholder: t.nullable ? "none" : prop.default === undefined ? "required" : "",
+    });
+  }
+  input.dataset.loc = loc;
+  input.dataset.type = t.type;
+  input.dataset.nullable = t.nullable ? "1" : "";
+  return el(
+    "div",
+    { class: "field" },
+    el("label", { for: id, title: prop.description || "" }, name),
+    input,
+    el("span", { class: "field-error", dataset: { errorFor: loc } }),
+  );
+}
+
+function renderParams(container, prefix, schema, defaults) {
+  const props = (schema && schema.properties) || {};
+  container.replaceChildren(
+    ...Object.entries(props)
+      // Facts filled from the stored dataset are not the user's to set.
+      .filter(([name]) => !(prefix === "task.params" && ["seq_len", "input_size", "output_size", "target"].includes(name) && "dataset_id" in props))
+      .map(([name, prop]) => field(`${prefix}.${name}`, name, prop, name in defaults ? defaults[name] : prop.default)),
+  );
+}
+
+function renderTraining(container, defaults) {
+  container.replaceChildren(
+    ...Object.entries(defaults).map(([name, value]) => {
+      let prop;
+      if (TRAINING_ENUMS[name]) prop = { enum: TRAINING_ENUMS[name] };
+      else if (typeof value === "boolean") prop = { type: "boolean" };
+      else if (Number.isInteger(value)) prop = { type: "integer" };
+      else if (typeof value === "number") prop = { type: "number" };
+      else if (value === null) prop = { anyOf: [{ type: "number" }, { type: "null" }] };
+      else prop = { type: "string" };
+      return field(`training.${name}`, name, prop, value);
+    }),
+  );
+}
+
+function readField(input) {
+  const { type, nullable } = input.dataset;
+  if (type === "boolean") return input.checked;
+  const raw = input.value.trim();
+  if (raw === "") return nullable ? null : undefined;
+  if (type === "integer" || type === "number") {
+    const n = Number(raw);
+    return Number.isFinite(n) ? n : raw; // a non-number goes to the server, which names the field
+  }
+  return raw;
+}
+
+function collect(container) {
+  const out = {};
+  for (const input of container.querySelectorAll("[data-loc]")) {
+    const v = readField(input);
+    if (v !== undefined) out[input.dataset.loc.split(".").pop()] = v;
+  }
+  return out;
+}
+
+function clearErrors(form) {
+  for (const e of form.querySelectorAll(".field-error")) e.textContent = "";
+  for (const e of form.querySelectorAll(".invalid")) e.classList.remove("invalid");
+  $("#form-error").textContent = "";
+}
+
+function showFieldErrors(form, detail) {
+  const general = [];
+  for (const d of detail) {
+    const parts = (d.loc || []).filter((p) => p !== "body").map(String);
+    let shown = false;
+    for (let n = parts.length; n > 0 && !shown; n--) {
+      const loc = parts.slice(0, n).join(".");
+      const input = form.querySelector(`[data-loc="${CSS.escape(loc)}"]`);
+      if (input) {
+        input.classList.add("invalid");
+        let slot = form.querySelector(`[data-error-for="${CSS.escape(loc)}"]`);
+        if (!slot) {
+          slot = el("span", { class: "field-error", dataset: { errorFor: loc } });
+          input.after(slot);
+        }
+        slot.textContent = (slot.textContent ? slot.textContent + "; " : "") + d.msg;
+        shown = true;
+      }
+    }
+    if (!shown) general.push(`${parts.join(".")}: ${d.msg}`);
+  }
+  $("#form-error").textContent = general.join("\n");
+}
+
+async function showNewJob() {
+  show("new");
+  const cat = await loadCatalog();
+  const taskSel = $("#f-task");
+  const neuronSel = $("#f-neuron");
+  if (!taskSel.options.length) {
+    taskSel.append(...cat.tasks.map((t) => el("option", { value: t.name }, t.name)));
+    neuronSel.append(...cat.neurons.map((n) => el("option", { value: n.name, selected: n.name === "celif" }, n.name)));
+    taskSel.addEventListener("change", onTaskChange);
+    neuronSel.addEventListener("change", onNeuronChange);
+    onTaskChange();
+    onNeuronChange();
+    renderTraining($("#training-params"), cat.training_defaults);
+  }
+}
+
+function onTaskChange() {
+  const t = state.catalog.tasks.find((x) => x.name === $("#f-task").value);
+  $("#task-description").textContent = t.description;
+  renderParams($("#task-params"), "task.params", t.params_schema, t.defaults);
+}
+
+function onNeuronChange() {
+  const n = state.catalog.neurons.find((x) => x.name === $("#f-neuron").value);
+  $("#neuron-description").textContent = n.description;
+  const arch = $("#f-architecture");
+  arch.replaceChildren(...n.architectures.map((a) => el("option", { value: a }, a)));
+  renderParams($("#neuron-params"), "model.neuron_params", n.params_schema, n.defaults);
+}
+
+function parseHidden(text) {
+  const parts = text.split(/[\s,]+/).filter(Boolean);
+  return parts.map((p) => (/^-?\d+$/.test(p) ? Number(p) : p));
+}
+
+async function submitJob(ev) {
+  ev.preventDefault();
+  const form = $("#job-form");
+  clearErrors(form);
+  const name = $("#f-name").value.trim();
+  const spec = {
+    ...(name ? { name } : {}),
+    task: { name: $("#f-task").value, params: collect($("#task-params")) },
+    model: {
+      neuron: $("#f-neuron").value,
+      architecture: $("#f-architecture").value,
+      hidden: parseHidden($("#f-hidden").value),
+      neuron_params: collect($("#neuron-params")),
+    },
+    training: collect($("#training-params")),
+  };
+  const button = $("#submit-job");
+  button.disabled = true;
+  try {
+    const job = await api("/jobs", { method: "POST", body: spec });
+    location.hash = `#/jobs/${job.id}`;
+  } catch (err) {
+    if (err instanceof ApiError && err.status === 422 && Array.isArray(err.detail)) showFieldErrors(form, err.detail);
+    else $("#form-error").textContent = errorText(err);
+  } finally {
+    button.disabled = false;
+  }
+}
+
+// ------------------------------------------------------------------ datasets
+async function showDatasets() {
+  show("datasets");
+  const data = await api("/datasets");
+  $("#datasets-table tbody").replaceChildren(
+    ...data.items.map((d) =>
+      el("tr", {}, el("td", {}, el("code", {}, d.id)), el("td", {}, d.name), el("td", {}, d.num_sequences), el("td", {}, d.seq_len), el("td", {}, d.input_size), el("td", {}, d.kind), el("td", {}, d.target), el("td", {}, d.output_size)),
+    ),
+  );
+}
+
+async function uploadDataset(ev) {
+  ev.preventDefault();
+  const file = $("#dataset-file").files[0];
+  if (!file) return;
+  const form = new FormData();
+  form.append("file", file);
+  if ($("#dataset-name").value.trim()) form.append("name", $("#dataset-name").value.trim());
+  form.append("kind", $("#dataset-kind").value);
+  $("#dataset-error").textContent = "";
+  try {
+    await api("/datasets", { method: "POST", body: form });
+    $("#dataset-form").reset();
+    await showDatasets();
+  } catch (err) {
+    $("#dataset-error").textContent = errorText(err);
+  }
+}
+
+// ------------------------------------------------------------------ job page
+function renderJobHeader(job) {
+  const v = state.jobView;
+  v.job = job;
+  $("#job-title").textContent = `${job.name || job.id} — ${job.task}, ${job.neuron}`;
+  const status = $("#job-status");
+  status.textContent = job.status;
+  status.className = `status ${job.status}`;
+  $("#job-progress-bar").style.width = `${Math.round(100 * job.progress.fraction)}%`;
+  $("#job-progress-text").textContent = `step ${job.progress.step} / ${job.progress.max_steps}`;
+  $("#cancel-btn").hidden = !["queued", "running"].includes(job.status);
+  $("#job-error").textContent = job.error || "";
+  const kv = (obj, label) =>
+    Object.entries(obj || {}).map(([k, val]) => el("span", {}, el("b", {}, `${label}${k}`), typeof val === "number" ? Number(val).toPrecision(4) : JSON.stringify(val)));
+  $("#job-metrics").replaceChildren(...kv(job.latest_metrics, "latest "), ...kv(job.best_metrics, "best "));
+  const tel = job.telemetry || {};
+  const telItems = [];
+  for (const [k, val] of Object.entries(tel)) {
+    if (Array.isArray(val)) telItems.push(el("span", {}, el("b", {}, k), val.map((x) => (typeof x === "number" ? x.toFixed(4) : JSON.stringify(x))).join(", ")));
+    else telItems.push(el("span", {}, el("b", {}, k), typeof val === "number" ? Number(val).toPrecision(4) : JSON.stringify(val)));
+  }
+  $("#telemetry").replaceChildren(...(telItems.length ? telItems : [el("span", { class: "hint" }, "no telemetry yet")]));
+}
+
+async function refreshCheckpoints() {
+  const v = state.jobView;
+  const list = await api(`/jobs/${v.id}/checkpoints`);
+  const sel = $("#predict-checkpoint");
+  const current = sel.value;
+  sel.replaceChildren(
+    el("option", { value: "best" }, "best"),
+    el("option", { value: "latest" }, "latest"),
+    ...list.map((c) => el("option", { value: c.id }, `step ${c.step}`)),
+  );
+  sel.value = [...sel.options].some((o) => o.value === current) ? current : "best";
+  $("#checkpoints-table tbody").replaceChildren(
+    ...list.map((c) =>
+      el(
+        "tr",
+        {},
+        el("td", {}, c.step),
+        el("td", {}, c.is_best ? "★" : ""),
+        el("td", {}, fmtMetrics(c.metrics)),
+        el("td", {}, `${(c.size / 1024).toFixed(1)} KiB`),
+        el("td", {}, el("code", {}, c.sha256.slice(0, 16) + "…")),
+        el("td", {}, el("button", { type: "button", onclick: () => download(c) }, "Download")),
+      ),
+    ),
+  );
+  v.checkpoints = list;
+  if (list.length && v.spec && v.usesTe && !v.teLoaded) loadTe();
+}
+
+async function download(c) {
+  const resp = await api(`/jobs/${state.jobView.id}/checkpoints/${c.id}`, { raw: true });
+  const url = URL.createObjectURL(await resp.blob());
+  const a = el("a", { href: url, download: `${state.jobView.id}-step${c.step}.safetensors` });
+  document.body.append(a);
+  a.click();
+  a.remove();
+  setTimeout(() => URL.revokeObjectURL(url), 10000);
+}
+
+function plotCurves() {
+  const v = state.jobView;
+  const names = [...new Set(v.points.map((p) => p.name))].sort((a, b) => (a === "loss" ? -1 : b === "loss" ? 1 : a.localeCompare(b)));
+  const traces = [];
+  const layout = {
+    margin: { t: 24, r: 16, b: 40, l: 56 },
+    legend: { orientation: "h" },
+    grid: { rows: 1, columns: Math.max(names.length, 1), pattern: "independent" },
+  };
+  names.forEach((name, i) => {
+    const axis = i === 0 ? "" : String(i + 1);
+    for (const split of [...new Set(v.points.filter((p) => p.name === name).map((p) => p.split))]) {
+      const pts = v.points.filter((p) => p.name === name && p.split === split);
+      traces.push({ x: pts.map((p) => p.step), y: pts.map((p) => p.value), name: `${split} ${name}`, mode: pts.length > 1 ? "lines" : "markers", xaxis: `x${axis}`, yaxis: `y${axis}` });
+    }
+    layout[`xaxis${axis}`] = { title: { text: "step" } };
+    layout[`yaxis${axis}`] = { title: { text: name } };
+  });
+  Plotly.react("curve", traces, layout, { responsive: true, displaylogo: false });
+  $("#curve").dataset.points = String(v.points.length);
+}
+
+async function followEvents() {
+  // SSE over fetch(): EventSource cannot send the Authorization header.
+  const v = state.jobView;
+  let last = 0;
+  while (state.jobView === v && !v.ended) {
+    try {
+      const headers = { Authorization: `Bearer ${token()}`, Accept: "text/event-stream" };
+      if (last) headers["Last-Event-ID"] = String(last);
+      const resp = await fetch(`${API}/jobs/${v.id}/events`, { headers, signal: v.abort.signal });
+      if (!resp.ok) throw new Error(`events: HTTP ${resp.status}`);
+      const reader = resp.body.pipeThrough(new TextDecoderStream()).getReader();
+      let buf = "";
+      for (;;) {
+        const { value, done } = await reader.read();
+        if (done) break;
+        buf += value.replace(/\r\n/g, "\n");
+        let cut;
+        while ((cut = buf.indexOf("\n\n")) >= 0) {
+          const block = buf.slice(0, cut);
+          buf = buf.slice(cut + 2);
+          const ev = { event: "message", data: "", id: null };
+          for (const line of block.split("\n")) {
+            if (line.startsWith(":")) continue;
+            const i = line.indexOf(":");
+            const key = i < 0 ? line : line.slice(0, i);
+            const val = i < 0 ? "" : line.slice(i + 1).replace(/^ /, "");
+            if (key === "data") ev.data += (ev.data ? "\n" : "") + val;
+            else if (key === "event") ev.event = val;
+            else if (key === "id") ev.id = val;
+          }
+          if (ev.id) last = Number(ev.id) || last;
+          if (ev.data) onEvent(ev.event, JSON.parse(ev.data));
+        }
+      }
+    } catch (err) {
+      if (err.name === "AbortError") return;
+      console.warn(err);
+    }
+    if (!v.ended) await new Promise((r) => setTimeout(r, 2000));
+  }
+}
+
+function onEvent(kind, data) {
+  const v = state.jobView;
+  if (!v) return;
+  if (kind === "metric") {
+    if (data.value !== null && data.value !== undefined) v.points.push(data);
+    v.dirty = true;
+  } else if (kind === "end") {
+    v.ended = true;
+    refreshJob();
+  } else {
+    refreshJob();
+    if (kind === "checkpoint" || kind === "status") refreshCheckpoints().catch(() => {});
+  }
+}
+
+async function refreshJob() {
+  const v = state.jobView;
+  if (!v) return;
+  renderJobHeader(await api(`/jobs/${v.id}`));
+}
+
+async function showJob(id) {
+  show("job");
+  const abort = new AbortController();
+  const v = { id, points: [], ended: false, dirty: false, abort, timer: null, teLoaded: false, selected: null };
+  state.jobView = v;
+  $("#predict-result").hidden = true;
+  $("#predict-error").textContent = "";
+  $("#te-error").textContent = "";
+  const job = await api(`/jobs/${id}`);
+  v.spec = job.spec;
+  v.usesTe = job.spec.model.neuron === "celif" && (job.spec.model.neuron_params.ce_mode || "").split("_").includes("te");
+  renderJobHeader(job);
+  Plotly.react("curve", [], { margin: { t: 24 }, annotations: [{ text: "waiting for metrics…", showarrow: false, xref: "paper", yref: "paper", x: 0.5, y: 0.5 }] }, { displaylogo: false });
+  $("#curve").dataset.points = "0";
+  setupPredict(job);
+  $("#te-section").hidden = !v.usesTe;
+  if (v.usesTe) {
+    $("#te-layer").replaceChildren(...job.spec.model.hidden.map((n, i) => el("option", { value: i }, `${i} (${n} neurons)`)));
+    Plotly.purge("te-heatmap"); // a previous job's plot: start afresh
+  }
+  await refreshCheckpoints().catch(() => {});
+  // Redraw at most every 300 ms however fast points arrive; refresh status while running.
+  v.timer = setInterval(() => {
+    if (v.dirty) {
+      v.dirty = false;
+      plotCurves();
+    }
+  }, 300);
+  followEvents();
+  const poll = setInterval(() => {
+    if (state.jobView !== v || v.ended) return clearInterval(poll);
+    refreshJob().catch(() => {});
+  }, 3000);
+}
+
+// ------------------------------------------------------------------ predict panel
+function setupPredict(job) {
+  const v = state.jobView;
+  const spec = job.spec;
+  const mnist = MNIST_TASKS.includes(spec.task.name);
+  const layers = spec.model.neuron === "lstm" ? [] : spec.model.hidden;
+  $("#predict-layer").replaceChildren(...layers.map((n, i) => el("option", { value: i }, `${i} (${n} neurons)`)));
+  $("#predict-layer").disabled = !layers.length;
+  $("#mnist-input").hidden = !mnist;
+  $("#json-input").hidden = mnist;
+  v.mnist = mnist;
+  // A drawing is in raster order; PS-MNIST models expect permuted pixels, so only test digits.
+  $("#draw-canvas").parentElement.hidden = spec.task.name !== "seq_mnist";
+  if (mnist) {
+    v.drawn = new Float32Array(784);
+    clearCanvas();
+    loadMnistSamples().catch((err) => ($("#predict-error").textContent = errorText(err)));
+  } else {
+    const f = inputSize(spec);
+    $("#expected-shape").textContent = f === 1 ? "[N, T] or [N, T, 1]" : `[N, T, F=${f}]`;
+    $("#predict-json").value = "";
+  }
+}
+
+function inputSize(spec) {
+  const t = spec.task;
+  if (t.name === "adding") return 2;
+  if (t.name === "copy_memory") return 10;
+  if (t.name === "dataset") return t.params.input_size || 1;
+  return 1;
+}
+
+async function loadMnistSamples() {
+  const v = state.jobView;
+  const data = await api(`/jobs/${v.id}/samples?split=test&n=10`);
+  if (state.jobView !== v) return;
+  v.samples = data;
+  const perm = v.spec.task.name === "ps_mnist";
+  $("#samples").replaceChildren(
+    ...data.inputs.map((seq, i) => {
+      const c = el("canvas", { width: 28, height: 28, title: `test digit, label ${data.targets[i]}`, dataset: { index: i, label: data.targets[i] } });
+      // PS-MNIST sequences are permuted: the thumbnail is only a fingerprint, not the digit.
+      drawPixels(c, seq);
+      c.addEventListener("click", () => selectSample(i, c));
+      return c;
+    }),
+  );
+  if (perm) $("#samples").title = "permuted pixel order (PS-MNIST)";
+}
+
+function drawPixels(canvas, seq) {
+  const ctx = canvas.getContext("2d");
+  const img = ctx.createImageData(28, 28);
+  for (let p = 0; p < 784; p++) {
+    const g = Math.round(255 * Math.max(0, Math.min(1, seq[p])));
+    img.data.set([g, g, g, 255], p * 4);
+  }
+  ctx.putImageData(img, 0, 0);
+}
+
+function selectSample(i, canvas) {
+  const v = state.jobView;
+  v.selected = { kind: "sample", index: i };
+  for (const c of document.querySelectorAll("#samples canvas, #draw-canvas")) c.classList.remove("selected");
+  canvas.classList.add("selected");
+}
+
+function clearCanvas() {
+  const c = $("#draw-canvas");
+  const ctx = c.getContext("2d");
+  ctx.fillStyle = "#000";
+  ctx.fillRect(0, 0, c.width, c.height);
+  if (state.jobView) state.jobView.drawnAny = false;
+}
+
+function setupCanvas() {
+  const c = $("#draw-canvas");
+  let drawing = false;
+  let last = null;
+  const paint = (ev) => {
+    const r = c.getBoundingClientRect();
+    const x = ((ev.clientX - r.left) * c.width) / r.width;
+    const y = ((ev.clientY - r.top) * c.height) / r.height;
+    const ctx = c.getContext("2d");
+    ctx.strokeStyle = "#fff";
+    ctx.lineWidth = 22;
+    ctx.lineCap = "round";
+    ctx.beginPath();
+    ctx.moveTo(last ? last[0] : x, last ? last[1] : y);
+    ctx.lineTo(x, y);
+    ctx.stroke();
+    last = [x, y];
+    const v = state.jobView;
+    if (v) {
+      v.drawnAny = true;
+      v.selected = { kind: "drawn" };
+      for (const s of document.querySelectorAll("#samples canvas")) s.classList.remove("selected");
+      c.classList.add("selected");
+    }
+  };
+  c.addEventListener("pointerdown", (ev) => {
+    drawing = true;
+    last = null;
+    c.setPointerCapture(ev.pointerId);
+    paint(ev);
+  });
+  c.addEventListener("pointermove", (ev) => drawing && paint(ev));
+  c.addEventListener("pointerup", () => (drawing = false));
+  $("#clear-canvas").addEventListener("click", clearCanvas);
+}
+
+function canvasSequence() {
+  // Downsample the 280x280 drawing to 28x28 (mean of each 10x10 block), raster order, [0, 1].
+  const c = $("#draw-canvas");
+  const small = document.createElement("canvas");
+  small.width = small.height = 28;
+  const sctx = small.getContext("2d");
+  sctx.imageSmoothingEnabled = true;
+  sctx.drawImage(c, 0, 0, 28, 28);
+  const data = sctx.getImageData(0, 0, 28, 28).data;
+  const seq = new Array(784);
+  for (let p = 0; p < 784; p++) seq[p] = Math.round((data[p * 4] / 255) * 1000) / 1000;
+  return seq;
+}
+
+async function loadJsonSample() {
+  const v = state.jobView;
+  try {
+    const data = await api(`/jobs/${v.id}/samples?split=test&n=1`);
+    $("#predict-json").value = JSON.stringify(data.inputs);
+    v.jsonTarget = data.targets[0];
+  } catch (err) {
+    $("#predict-error").textContent = errorText(err);
+  }
+}
+
+async function runPredict() {
+  const v = state.jobView;
+  $("#predict-error").textContent = "";
+  let inputs;
+  let label = null;
+  if (v.mnist) {
+    if (v.selected && v.selected.kind === "sample") {
+      inputs = [v.samples.inputs[v.selected.index]];
+      label = v.samples.targets[v.selected.index];
+    } else if (v.drawnAny) {
+      inputs = [canvasSequence()];
+    } else {
+      $("#predict-error").textContent = "Pick a test digit or draw one first.";
+      return;
+    }
+  } else {
+    try {
+      inputs = JSON.parse($("#predict-json").value);
+    } catch (err) {
+      $("#predict-error").textContent = `Not valid JSON: ${err.message}`;
+      return;
+    }
+    label = v.jsonTarget ?? null;
+  }
+  const body = { inputs, checkpoint: $("#predict-checkpoint").value, return: ["probabilities", "firing_rates", "spikes"], spikes_layer: Number($("#predict-layer").value || 0) };
+  const button = $("#predict-btn");
+  button.disabled = true;
+  try {
+    const res = await api(`/jobs/${v.id}/predict`, { method: "POST", body });
+    showPrediction(res, label);
+  } catch (err) {
+    $("#predict-error").textContent = errorText(err);
+  } finally {
+    button.disabled = false;
+  }
+}
+
+function showPrediction(res, label) {
+  $("#predict-result").hidden = false;
+  const p = res.predictions[0];
+  let summary;
+  if ("class" in p) summary = `Predicted class ${p.class}`;
+  else if ("value" in p) summary = `Predicted value ${JSON.stringify(p.value)}`;
+  else if ("classes" in p) summary = `Predicted per-step classes (last 10): ${p.classes.slice(-10).join(" ")}`;
+  else summary = `Predicted values (last 10): ${p.values.slice(-10).map((x) => x.toFixed(3)).join(" ")}`;
+  if (label !== null && label !== undefined) summary += ` — target ${Array.isArray(label) ? label.slice(-10).join(" ") : label}`;
+  summary += ` · checkpoint step ${res.checkpoint.step} · ${res.elapsed_ms.toFixed(0)} ms${res.cached ? " (cached model)" : ""}`;
+  $("#predict-summary").textContent = summary;
+  $("#predict-summary").dataset.kind = res.kind;
+  const probs = $("#probabilities");
+  if (p.probabilities && res.kind === "classification") {
+    probs.hidden = false;
+    Plotly.react(probs, [{ type: "bar", x: p.probabilities.map((_, i) => String(i)), y: p.probabilities, marker: { color: p.probabilities.map((_, i) => (i === p.class ? "#2855d8" : "#98a2b3")) } }], { margin: { t: 24, r: 16, b: 40, l: 48 }, title: { text: "class probabilities", font: { size: 13 } }, yaxis: { range: [0, 1] }, xaxis: { type: "category" } }, { displaylogo: false });
+  } else {
+    probs.hidden = true;
+  }
+  const raster = $("#raster");
+  if (res.spikes && res.spikes.rasters.length) {
+    const r = res.spikes.rasters[0];
+    raster.hidden = false;
+    Plotly.react(raster, [{ type: "scattergl", mode: "markers", x: r.t, y: r.neuron, marker: { size: 2, color: "#1d2330" } }], { margin: { t: 28, r: 16, b: 40, l: 56 }, title: { text: `spike raster, layer ${res.spikes.layer} (${r.t.length} spikes)`, font: { size: 13 } }, xaxis: { title: { text: "timestep" }, range: [0, r.steps] }, yaxis: { title: { text: "neuron" }, range: [-0.5, r.neurons - 0.5] } }, { displaylogo: false });
+    raster.dataset.spikes = String(r.t.length);
+  } else {
+    raster.hidden = true;
+  }
+  $("#predict-rates").replaceChildren(...(res.firing_rates || []).map((rate, i) => el("span", {}, el("b", {}, `layer ${i} firing rate`), rate.toFixed(4))));
+}
+
+// ------------------------------------------------------------------ TE similarity
+async function loadTe() {
+  const v = state.jobView;
+  const layer = Number($("#te-layer").value || 0);
+  v.teLoaded = true;
+  $("#te-error").textContent = "";
+  try {
+    const res = await api(`/jobs/${v.id}/te_similarity?layer=${layer}`);
+    const axis = res.matrix.map((_, i) => i * res.stride);
+    Plotly.react("te-heatmap", [{ type: "heatmap", z: res.matrix, x: axis, y: axis, zmin: -1, zmax: 1, colorscale: "RdBu", reversescale: true, colorbar: { title: { text: "cos" } } }], { margin: { t: 28, r: 16, b: 48, l: 56 }, title: { text: `TE cosine similarity, layer ${res.layer} (step ${res.checkpoint.step})`, font: { size: 13 } }, xaxis: { title: { text: "timestep" } }, yaxis: { title: { text: "timestep" }, autorange: "reversed" } }, { displaylogo: false });
+    $("#te-png").onclick = async (ev) => {
+      ev.preventDefault();
+      const resp = await api(`/jobs/${v.id}/te_similarity.png?layer=${layer}`, { raw: true });
+      window.open(URL.createObjectURL(await resp.blob()), "_blank");
+    };
+  } catch (err) {
+    $("#te-error").textContent = errorText(err);
+  }
+}
+
+// ------------------------------------------------------------------ start
+window.addEventListener("DOMContentLoaded", () => {
+  $("#signin-form").addEventListener("submit", signIn);
+  $("#signout-btn").addEventListener("click", () => signOut());
+  $("#job-form").addEventListener("submit", submitJob);
+  $("#dataset-form").addEventListener("submit", uploadDataset);
+  $("#predict-btn").addEventListener("click", runPredict);
+  $("#load-sample").addEventListener("click", loadJsonSample);
+  $("#te-layer").addEventListener("change", loadTe);
+  $("#cancel-btn").addEventListener("click", async () => {
+    await api(`/jobs/${state.jobView.id}/cancel`, { method: "POST" }).catch((err) => ($("#job-error").textContent = errorText(err)));
+    refreshJob();
+  });
+  setupCanvas();
+  window.addEventListener("hashchange", route);
+  route();
+});

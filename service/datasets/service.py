@@ -1,0 +1,133 @@
+"""Uploaded datasets: store (validated, atomically), list, read, and resolve for job specs.
+
+An upload is streamed to a temp file beside its final place (same filesystem), validated with
+numpy (`validate.inspect_npz`), then renamed to `<id>.npz` and recorded in one transaction. A
+refused upload leaves nothing behind: no file, no row.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import uuid
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any, BinaryIO, Literal
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from service.datasets.validate import InvalidDataset, inspect_npz
+from service.db.models import Dataset, User, new_id
+from service.errors import NotFound, PayloadTooLarge, Unprocessable
+from service.settings import Settings
+
+CHUNK = 1024 * 1024
+# An NPZ may be compressed: the arrays may take more memory than the upload; bound that too.
+DECOMPRESSION_FACTOR = 4
+
+
+def datasets_dir(settings: Settings) -> Path:
+    path = Path(settings.datasets_dir)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _copy_limited(src: BinaryIO, dst: BinaryIO, limit: int) -> tuple[int, str]:
+    digest = hashlib.sha256()
+    size = 0
+    while chunk := src.read(CHUNK):
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(
+                f"the upload is over the limit of {limit} bytes (settings.max_upload_bytes)"
+            )
+        digest.update(chunk)
+        dst.write(chunk)
+    return size, digest.hexdigest()
+
+
+def create_dataset(
+    session: Session,
+    user: User,
+    settings: Settings,
+    *,
+    upload: BinaryIO,
+    name: str,
+    kind: Literal["auto", "classification", "regression"] = "auto",
+) -> Dataset:
+    root = datasets_dir(settings)
+    tmp = root / f".upload-{uuid.uuid4().hex}.tmp"
+    final: Path | None = None
+    try:
+        with open(tmp, "wb") as fh:
+            size, sha256 = _copy_limited(upload, fh, settings.max_upload_bytes)
+            fh.flush()
+            os.fsync(fh.fileno())
+        if size == 0:
+            raise Unprocessable("the uploaded file is empty", loc=("body", "file"))
+        try:
+            facts = inspect_npz(
+                tmp, kind=kind, max_array_bytes=DECOMPRESSION_FACTOR * settings.max_upload_bytes
+            )
+        except InvalidDataset as exc:
+            raise Unprocessable(str(exc), loc=("body", "file")) from None
+        dataset_id = new_id()
+        final = root / f"{dataset_id}.npz"
+        row = Dataset(
+            id=dataset_id,
+            owner_id=user.id,
+            name=name,
+            path=final.name,
+            size=size,
+            sha256=sha256,
+            num_sequences=facts.num_sequences,
+            seq_len=facts.seq_len,
+            input_size=facts.input_size,
+            output_size=facts.output_size,
+            kind=facts.kind,
+            target=facts.target,
+        )
+        session.add(row)
+        session.flush()
+        os.replace(tmp, final)
+        session.commit()
+        return row
+    except BaseException:
+        session.rollback()
+        tmp.unlink(missing_ok=True)
+        if final is not None:
+            final.unlink(missing_ok=True)
+        raise
+
+
+def list_datasets(session: Session, user: User) -> Iterable[Dataset]:
+    return session.scalars(
+        select(Dataset).where(Dataset.owner_id == user.id).order_by(Dataset.created_at.desc())
+    ).all()
+
+
+def get_owned_dataset(session: Session, user: User, dataset_id: str) -> Dataset:
+    row = session.get(Dataset, dataset_id)
+    if row is None or row.owner_id != user.id:
+        raise NotFound(f"no dataset with id {dataset_id!r}")
+    return row
+
+
+def dataset_facts(session: Session, user: User, dataset_id: str) -> dict[str, Any] | None:
+    """What `celif_core.spec.validate_spec(..., datasets=...)` needs about an uploaded dataset.
+
+    Use as `validate_spec(data, datasets=lambda i: dataset_facts(session, user, i))`. Returns
+    None when the user owns no dataset with that id (the spec is then refused with a 422).
+    """
+    row = session.get(Dataset, dataset_id)
+    if row is None or row.owner_id != user.id:
+        return None
+    return {
+        "seq_len": row.seq_len,
+        "input_size": row.input_size,
+        "output_size": row.output_size,
+        "kind": row.kind,
+        "target": row.target,
+        "num_sequences": row.num_sequences,
+    }

@@ -1,0 +1,74 @@
+"""Typed dependencies: `SettingsDep`, `SessionDep`, `CurrentUser`.
+
+The settings object is the one `create_app` was built with (`app.state.settings`), so a test or
+an embedded server can run an app on explicit settings without touching the environment.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Annotated
+
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from sqlalchemy.orm import Session, sessionmaker
+
+from service.auth.service import verify_token
+from service.db.models import User
+from service.db.session import get_sessionmaker
+from service.errors import Unauthorized
+from service.settings import Settings
+
+_bearer = HTTPBearer(auto_error=False, description="an API token (`celif token create`)")
+
+
+def get_app_settings(request: Request) -> Settings:
+    return request.app.state.settings
+
+
+SettingsDep = Annotated[Settings, Depends(get_app_settings)]
+
+
+def get_session_factory(settings: SettingsDep) -> sessionmaker[Session]:
+    return get_sessionmaker(settings.database_url)
+
+
+SessionFactoryDep = Annotated[sessionmaker[Session], Depends(get_session_factory)]
+
+
+def get_session(factory: SessionFactoryDep) -> Iterator[Session]:
+    """One session (one transaction) per request, closed before the response is sent.
+
+    Service functions commit what they change (one commit per request); what is left pending
+    here (e.g. a token's last-used time) is committed on a normal exit and rolled back on error.
+    """
+    session = factory()
+    try:
+        yield session
+        session.commit()
+    except BaseException:
+        session.rollback()
+        raise
+    finally:
+        session.close()
+
+
+# scope="function": the session is committed and closed when the endpoint returns, before the
+# response is sent (so a client never reads its own write before it is committed, and a
+# streaming response never holds a pooled connection).
+SessionDep = Annotated[Session, Depends(get_session, scope="function")]
+
+
+def get_current_user(
+    session: SessionDep,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> User:
+    if credentials is None or credentials.scheme.lower() != "bearer":
+        raise Unauthorized("missing bearer token: send 'Authorization: Bearer <token>'")
+    user = verify_token(session, credentials.credentials)
+    if user is None:
+        raise Unauthorized("invalid or revoked token")
+    return user
+
+
+CurrentUser = Annotated[User, Depends(get_current_user, scope="function")]

@@ -1,0 +1,380 @@
+"""Inference: the one service module that imports torch.
+
+- `ModelCache`: checkpoints loaded once, keyed by their sha256, LRU-bounded by
+  `settings.model_cache_size`, thread-safe (one load per key even under concurrent requests).
+- `predict(loaded, x, ...)`: a batched forward under `torch.inference_mode`, turned into the JSON
+  the API returns (per sequence: class and probabilities, regressed values or per-step outputs;
+  per-layer firing rates; optionally the spike raster of one layer).
+- `StreamStore`: streaming sessions (in memory, TTL, bounded count) carrying the network's state
+  across chunks; after the last chunk the prediction equals the one-shot one.
+- `te_similarity(loaded)`: cosine similarity between the TE vectors of every pair of timesteps
+  (the paper's Fig. 7) for CE-LIF models.
+- `task_samples(spec, split, n)`: a few sequences of a job's task with their labels (dashboard).
+
+Everything here takes and returns numpy arrays or plain Python values; callers never see tensors.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from celif_core.checkpoint import load_model
+from celif_core.spec import JobSpec
+
+RETURNABLE = ("probabilities", "firing_rates", "spikes")
+
+
+@dataclass
+class LoadedModel:
+    sha256: str
+    model: torch.nn.Module
+    spec: JobSpec
+    metadata: dict[str, Any]
+    load_seconds: float
+
+
+class ModelCache:
+    """LRU of loaded models keyed by checkpoint sha256; at most `capacity` kept."""
+
+    def __init__(self, capacity: int, loader: Callable[[Path], tuple] | None = None):
+        self.capacity = capacity
+        self._loader = loader or (lambda path: load_model(path, device="cpu"))
+        self._items: OrderedDict[str, LoadedModel] = OrderedDict()
+        self._lock = threading.Lock()
+        self._key_locks: dict[str, threading.Lock] = {}
+        self.hits = 0
+        self.misses = 0
+
+    def get(self, sha256: str, path: Path) -> LoadedModel:
+        with self._lock:
+            item = self._items.get(sha256)
+            if item is not None:
+                self._items.move_to_end(sha256)
+                self.hits += 1
+                return item
+            key_lock = self._key_locks.setdefault(sha256, threading.Lock())
+        with key_lock:  # one load per checkpoint; others wait for it
+            with self._lock:
+                item = self._items.get(sha256)
+                if item is not None:
+                    self._items.move_to_end(sha256)
+                    self.hits += 1
+                    return item
+            start = time.perf_counter()
+            model, spec, metadata = self._loader(path)
+            model.eval()
+            if not isinstance(spec, JobSpec):
+                spec = JobSpec.model_validate(spec)
+            item = LoadedModel(sha256, model, spec, metadata, time.perf_counter() - start)
+            with self._lock:
+                self.misses += 1
+                self._items[sha256] = item
+                self._items.move_to_end(sha256)
+                while len(self._items) > self.capacity:
+                    self._items.popitem(last=False)
+                self._key_locks.pop(sha256, None)
+            return item
+
+    def __contains__(self, sha256: str) -> bool:
+        with self._lock:
+            return sha256 in self._items
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._items)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._items.clear()
+
+
+# ----------------------------------------------------------------------------- responses
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits - logits.max(axis=-1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def format_outputs(kind: str, output: np.ndarray, want_probs: bool) -> list[dict[str, Any]]:
+    """Per-sequence predictions from the readout `output` ([N, C] or [N, T, C])."""
+    results: list[dict[str, Any]] = []
+    if kind == "classification":
+        probs = _softmax(output.astype(np.float64))
+        for i in range(output.shape[0]):
+            item: dict[str, Any] = {"class": int(probs[i].argmax())}
+            if want_probs:
+                item["probabilities"] = [float(p) for p in probs[i]]
+            results.append(item)
+    elif kind == "regression":
+        for i in range(output.shape[0]):
+            values = [float(v) for v in output[i].reshape(-1)]
+            results.append({"value": values[0] if len(values) == 1 else values})
+    elif kind == "sequence":
+        probs = _softmax(output.astype(np.float64))
+        for i in range(output.shape[0]):
+            item = {"classes": [int(c) for c in probs[i].argmax(-1)]}
+            if want_probs:
+                item["probabilities"] = probs[i].round(6).tolist()
+            results.append(item)
+    else:  # sequence_regression: one value per step
+        for i in range(output.shape[0]):
+            results.append(
+                {"values": [float(v) for v in output[i].reshape(output.shape[1], -1)[:, 0]]}
+            )
+    return results
+
+
+def sparse_raster(spikes: np.ndarray) -> dict[str, Any]:
+    """A [T, N] 0/1 raster as spike events (what a raster plot draws)."""
+    t_idx, n_idx = np.nonzero(spikes)
+    return {
+        "steps": int(spikes.shape[0]),
+        "neurons": int(spikes.shape[1]),
+        "t": t_idx.astype(int).tolist(),
+        "neuron": n_idx.astype(int).tolist(),
+    }
+
+
+def num_spiking_layers(model: torch.nn.Module, spec: JobSpec) -> int:
+    return 0 if spec.model.neuron == "lstm" else len(spec.model.hidden)
+
+
+def predict(
+    loaded: LoadedModel,
+    x: np.ndarray,
+    *,
+    returns: frozenset[str] = frozenset(("probabilities", "firing_rates")),
+    spikes_layer: int = 0,
+) -> dict[str, Any]:
+    """One batched forward of `x` [N, T, F] (float32) and the JSON response body."""
+    spec = loaded.spec
+    want_spikes = "spikes" in returns and spec.model.neuron != "lstm"
+    with torch.inference_mode():
+        xt = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+        # record_spikes=True records every layer for every sequence; one layer is returned.
+        out = loaded.model.run(xt, record_spikes=want_spikes)
+        output = out.output.float().numpy()
+    body: dict[str, Any] = {
+        "kind": spec.kind,
+        "predictions": format_outputs(spec.kind, output, "probabilities" in returns),
+    }
+    if "firing_rates" in returns:
+        body["firing_rates"] = [float(r) for r in (out.firing_rates or [])]
+    if want_spikes and out.spikes:
+        layer_spikes = _pick_layer(out.spikes, spikes_layer)
+        raster = layer_spikes.float().numpy()  # [N, T, neurons]
+        body["spikes"] = {
+            "layer": spikes_layer,
+            "rasters": [sparse_raster(raster[i]) for i in range(raster.shape[0])],
+        }
+    return body
+
+
+def _pick_layer(spikes: list[torch.Tensor] | torch.Tensor, layer: int) -> torch.Tensor:
+    if isinstance(spikes, torch.Tensor):
+        return spikes
+    if len(spikes) == 1:
+        return spikes[0]
+    return spikes[layer]
+
+
+# ----------------------------------------------------------------------------- streams
+@dataclass
+class Stream:
+    id: str
+    owner_id: str
+    job_id: str
+    loaded: LoadedModel
+    max_steps: int | None
+    created_at: float
+    last_used: float
+    steps: int = 0
+    batch_size: int | None = None  # fixed by the first chunk
+    state: Any = None
+    outputs: list[np.ndarray] = field(default_factory=list)  # per-step kinds: chunks so far
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+class StreamLimit(Exception):
+    """Too many open streams."""
+
+
+class StreamStore:
+    """In-memory streaming sessions: expire after `ttl_s` idle, at most `max_streams` open."""
+
+    def __init__(self, *, ttl_s: float = 600.0, max_streams: int = 64):
+        self.ttl_s = ttl_s
+        self.max_streams = max_streams
+        self._streams: dict[str, Stream] = {}
+        self._lock = threading.Lock()
+
+    def _expire(self, now: float) -> None:
+        for sid in [s.id for s in self._streams.values() if now - s.last_used > self.ttl_s]:
+            del self._streams[sid]
+
+    def open(
+        self, *, owner_id: str, job_id: str, loaded: LoadedModel, max_steps: int | None
+    ) -> Stream:
+        now = time.monotonic()
+        stream = Stream(
+            id=uuid.uuid4().hex,
+            owner_id=owner_id,
+            job_id=job_id,
+            loaded=loaded,
+            max_steps=max_steps,
+            created_at=now,
+            last_used=now,
+        )
+        with self._lock:
+            self._expire(now)
+            if len(self._streams) >= self.max_streams:
+                raise StreamLimit(
+                    f"{len(self._streams)} streams are open, the limit is {self.max_streams}; "
+                    "DELETE finished streams or wait for idle ones to expire "
+                    f"({self.ttl_s:.0f} s)"
+                )
+            self._streams[stream.id] = stream
+        return stream
+
+    def get(self, stream_id: str, *, owner_id: str, job_id: str) -> Stream | None:
+        now = time.monotonic()
+        with self._lock:
+            self._expire(now)
+            stream = self._streams.get(stream_id)
+            if stream is None or stream.owner_id != owner_id or stream.job_id != job_id:
+                return None
+            stream.last_used = now
+            return stream
+
+    def close(self, stream_id: str, *, owner_id: str, job_id: str) -> bool:
+        with self._lock:
+            stream = self._streams.get(stream_id)
+            if stream is None or stream.owner_id != owner_id or stream.job_id != job_id:
+                return False
+            del self._streams[stream_id]
+            return True
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._streams)
+
+
+def feed_chunk(stream: Stream, x: np.ndarray, *, want_probs: bool = True) -> dict[str, Any]:
+    """Feed `x` [N, t, F] to the stream (caller holds `stream.lock`); the prediction so far."""
+    with torch.inference_mode():
+        if stream.state is None:
+            stream.batch_size = int(x.shape[0])
+            stream.state = stream.loaded.model.initial_state(stream.batch_size)
+        xt = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+        out, stream.state = stream.loaded.model.forward_chunk(xt, stream.state)
+        output = out.float().numpy()
+    stream.steps += int(x.shape[1])
+    kind = stream.loaded.spec.kind
+    if kind in ("sequence", "sequence_regression"):  # the chunk's steps: keep every step so far
+        stream.outputs.append(output)
+        output = np.concatenate(stream.outputs, axis=1)
+    return {
+        "kind": kind,
+        "steps": stream.steps,
+        "complete": stream.max_steps is not None and stream.steps >= stream.max_steps,
+        "predictions": format_outputs(kind, output, want_probs),
+    }
+
+
+# ----------------------------------------------------------------------------- TE similarity
+def te_tables(loaded: LoadedModel) -> list[tuple[str, np.ndarray]]:
+    """The model's TE tables as (name, [T, N]) arrays: one when shared, one per layer otherwise."""
+    spec = loaded.spec
+    if not spec.uses_te:
+        return []
+    tables = []
+    for name, param in loaded.model.named_parameters():
+        parts = name.lower().replace(".", "_").split("_")
+        if param.ndim == 2 and param.shape[0] == spec.te_length and "te" in parts:
+            tables.append((name, param.detach().float().cpu().numpy()))
+    return tables
+
+
+def cosine_similarity_matrix(te: np.ndarray, max_size: int = 256) -> tuple[np.ndarray, int]:
+    """Cosine similarity of the TE vectors of every pair of timesteps, [T', T'] with T' <= max_size
+    (rows averaged over windows of `stride` steps when T is larger); returns (matrix, stride)."""
+    steps = te.shape[0]
+    stride = max(1, -(-steps // max_size))
+    if stride > 1:
+        pad = (-steps) % stride
+        padded = np.concatenate([te, np.repeat(te[-1:], pad, axis=0)]) if pad else te
+        te = padded.reshape(-1, stride, te.shape[1]).mean(axis=1)
+    norm = np.linalg.norm(te, axis=1, keepdims=True)
+    unit = te / np.maximum(norm, 1e-12)
+    return unit @ unit.T, stride
+
+
+def te_similarity(
+    loaded: LoadedModel, *, layer: int = 0, max_size: int = 256
+) -> dict[str, Any] | None:
+    tables = te_tables(loaded)
+    if not tables:
+        return None
+    spec = loaded.spec
+    name, table = tables[min(layer, len(tables) - 1)]
+    if spec.model.te_shared and layer < len(spec.model.hidden):
+        table = table[:, : spec.model.hidden[layer]]  # layer l uses the first N_l columns
+    table = table[: spec.seq_len]
+    matrix, stride = cosine_similarity_matrix(table.astype(np.float64), max_size)
+    return {
+        "parameter": name,
+        "layer": layer,
+        "steps": int(table.shape[0]),
+        "neurons": int(table.shape[1]),
+        "stride": stride,
+        "matrix": matrix,
+    }
+
+
+# ----------------------------------------------------------------------------- task samples
+_TASKS: OrderedDict[str, Any] = OrderedDict()
+_TASKS_LOCK = threading.Lock()
+
+
+class DataUnavailable(Exception):
+    """The task's data cannot be read (e.g. MNIST files missing); the message says which setting."""
+
+
+def task_samples(
+    spec: JobSpec,
+    *,
+    split: str,
+    n: int,
+    mnist_dir: Path | None,
+    datasets_dir: Path | None,
+    offset: int = 0,
+) -> tuple[np.ndarray, list[Any]]:
+    """`n` sequences of the spec's task (`split` = val|test) and their targets, as numpy."""
+    from celif_core.errors import DataError
+    from celif_core.tasks import build_task  # heavy (reads MNIST); only when asked
+
+    key = spec.task.model_dump_json()
+    with _TASKS_LOCK:
+        task = _TASKS.get(key)
+    if task is None:
+        try:
+            task = build_task(spec, mnist_dir=mnist_dir, datasets_dir=datasets_dir, download=False)
+        except DataError as exc:
+            raise DataUnavailable(str(exc)) from None
+        with _TASKS_LOCK:
+            _TASKS[key] = task
+            while len(_TASKS) > 4:
+                _TASKS.popitem(last=False)
+    for xb, yb in task.eval_batches(split, n + offset):
+        return xb[offset : offset + n].float().numpy(), yb[offset : offset + n].numpy().tolist()
+    return np.zeros((0, spec.seq_len, spec.input_size), np.float32), []

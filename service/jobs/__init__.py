@@ -1,0 +1,1 @@
+"""Training jobs: submit, list, read, cancel, metrics, events, curves, checkpoints."""

@@ -1,0 +1,222 @@
+"""Rules of the jobs domain: validation, ownership, idempotency, cancellation, pagination.
+
+Routes call these and only translate HTTP; queries live in `repository`.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from celif_core.spec import JobSpec, estimate, validate_spec
+from service.db.models import TERMINAL_STATES, Checkpoint, Job, JobEvent, User
+from service.enqueue import try_enqueue_job
+from service.errors import BadRequest, Conflict, NotFound
+from service.events import append_status_event
+from service.jobs import repository as repo
+from service.settings import Settings
+
+MAX_PAGE = 200
+MAX_IDEMPOTENCY_KEY = 200
+
+
+# ----------------------------------------------------------------------------- ownership
+def get_owned_job(session: Session, user: User, job_id: str, *, for_update: bool = False) -> Job:
+    """The job if `user` owns it; 404 otherwise (another user's job is indistinguishable from a
+    missing one)."""
+    job = repo.get_job(session, job_id, for_update=for_update)
+    if job is None or job.owner_id != user.id:
+        raise NotFound(f"no job with id {job_id!r}")
+    return job
+
+
+# ----------------------------------------------------------------------------- validation
+def validate_job_spec(session: Session, user: User, body: Any, settings: Settings) -> JobSpec:
+    """Raises `SpecError` (-> 422 naming the field). Datasets resolve among the user's own."""
+    return validate_spec(
+        body,
+        datasets=lambda dataset_id: repo.get_dataset_facts(session, user.id, dataset_id),
+        max_activation_bytes=settings.max_activation_bytes,
+    )
+
+
+def dry_run(session: Session, user: User, body: Any, settings: Settings) -> dict[str, Any]:
+    spec = validate_job_spec(session, user, body, settings)
+    return {"valid": True, "spec": spec.to_dict(), "estimate": estimate(spec)}
+
+
+# ----------------------------------------------------------------------------- submit
+@dataclass(frozen=True)
+class Submitted:
+    job: Job
+    created: bool  # False: an Idempotency-Key replay returned the existing job
+
+
+def submit_job(
+    session: Session,
+    user: User,
+    body: Any,
+    settings: Settings,
+    *,
+    idempotency_key: str | None = None,
+) -> Submitted:
+    """Validate, store as `queued`, commit, then enqueue (a worker always finds the row).
+
+    With an `Idempotency-Key`, a replay (same user, same key) returns the stored job and queues
+    nothing; concurrent replays race on the (owner, key) unique constraint and all but one
+    return the winner's job. Reusing a key for a different spec is a 409.
+    """
+    if idempotency_key is not None:
+        idempotency_key = idempotency_key.strip()
+        if not idempotency_key or len(idempotency_key) > MAX_IDEMPOTENCY_KEY:
+            raise BadRequest(f"Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY} characters")
+    spec = validate_job_spec(session, user, body, settings)
+    spec_dict = spec.to_dict()
+    if idempotency_key is not None:
+        existing = repo.get_job_by_idempotency_key(session, user.id, idempotency_key)
+        if existing is not None:
+            return Submitted(_check_replay(existing, spec_dict), created=False)
+
+    job = Job(
+        owner_id=user.id,
+        name=spec.name,
+        task_name=spec.task.name,
+        neuron=spec.model.neuron,
+        spec=spec_dict,
+        status="queued",
+        idempotency_key=idempotency_key,
+        max_steps=spec.training.max_steps,
+        step=0,
+    )
+    try:
+        repo.add_job(session, job)
+        append_status_event(session, job, "queued")
+        session.commit()
+    except IntegrityError:
+        session.rollback()
+        if idempotency_key is None:
+            raise
+        existing = repo.get_job_by_idempotency_key(session, user.id, idempotency_key)
+        if existing is None:
+            raise
+        return Submitted(_check_replay(existing, spec_dict), created=False)
+    try_enqueue_job(job.id, settings)
+    return Submitted(job, created=True)
+
+
+def _check_replay(existing: Job, spec_dict: dict[str, Any]) -> Job:
+    if existing.spec != spec_dict:
+        raise Conflict(
+            f"Idempotency-Key already used for job {existing.id} with a different spec; "
+            "use a new key for a new job"
+        )
+    return existing
+
+
+# ----------------------------------------------------------------------------- list
+def encode_cursor(job: Job) -> str:
+    raw = json.dumps([job.created_at.isoformat(), job.id]).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, str]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        created_at, job_id = json.loads(raw)
+        return datetime.fromisoformat(created_at), str(job_id)
+    except (ValueError, TypeError, binascii.Error) as exc:
+        raise BadRequest("invalid cursor: pass back a `next_cursor` value unchanged") from exc
+
+
+def list_jobs(
+    session: Session,
+    user: User,
+    *,
+    statuses: list[str],
+    tasks: list[str],
+    neurons: list[str],
+    cursor: str | None,
+    limit: int,
+) -> tuple[list[Job], str | None]:
+    limit = max(1, min(limit, MAX_PAGE))
+    before = decode_cursor(cursor) if cursor else None
+    rows = repo.list_jobs(
+        session,
+        user.id,
+        statuses=_split(statuses),
+        tasks=_split(tasks),
+        neurons=_split(neurons),
+        before=before,
+        limit=limit + 1,
+    )
+    page, more = rows[:limit], len(rows) > limit
+    return page, (encode_cursor(page[-1]) if more and page else None)
+
+
+def _split(values: list[str]) -> list[str]:
+    """`?status=a&status=b` and `?status=a,b` both mean a or b."""
+    return [v.strip() for value in values for v in value.split(",") if v.strip()]
+
+
+# ----------------------------------------------------------------------------- cancel
+def cancel_job(session: Session, user: User, job_id: str) -> Job:
+    """A queued job is cancelled at once; a running job gets `cancel_requested` and its worker
+    ends it as `cancelled` within one training step. A finished job is a 409."""
+    job = get_owned_job(session, user, job_id, for_update=True)
+    if job.status in TERMINAL_STATES:
+        raise Conflict(f"job {job.id} already finished as {job.status}")
+    job.cancel_requested = True
+    if job.status == "queued":
+        append_status_event(session, job, "cancelled", reason="cancelled by user")
+    session.commit()
+    return job
+
+
+# ----------------------------------------------------------------------------- metrics/events
+def list_metrics(
+    session: Session, user: User, job_id: str, *, after: int, limit: int
+) -> tuple[list[JobEvent], bool]:
+    job = get_owned_job(session, user, job_id)
+    limit = max(1, min(limit, 10_000))
+    rows = repo.list_events(session, job.id, after=after, kinds=("metric",), limit=limit + 1)
+    return rows[:limit], len(rows) > limit
+
+
+# ----------------------------------------------------------------------------- checkpoints
+def list_checkpoints(session: Session, user: User, job_id: str) -> list[Checkpoint]:
+    job = get_owned_job(session, user, job_id)
+    return repo.list_checkpoints(session, job.id)
+
+
+def resolve_checkpoint(
+    session: Session, job: Job, ref: str, *, storage_dir: Path | None = None
+) -> tuple[Checkpoint, Path]:
+    """The checkpoint row `ref` names ("latest", "best" or an id) and its absolute path.
+
+    "best" falls back to "latest" when no checkpoint is flagged best (e.g. a job without a
+    validation metric yet). 404 when there is none, or when its file is gone.
+    """
+    if storage_dir is None:
+        from service.settings import get_settings
+
+        storage_dir = get_settings().storage_dir
+    ckpt = repo.get_checkpoint(session, job.id, ref)
+    if ckpt is None and ref == "best":
+        ckpt = repo.get_checkpoint(session, job.id, "latest")
+    if ckpt is None:
+        raise NotFound(f"job {job.id} has no checkpoint {ref!r}")
+    root = Path(storage_dir).resolve()
+    path = (root / ckpt.path).resolve()
+    if not path.is_relative_to(root):
+        raise NotFound(f"checkpoint {ckpt.id} is outside the storage directory")
+    if not path.is_file():
+        raise NotFound(f"checkpoint {ckpt.id} is registered but its file is missing")
+    return ckpt, path

@@ -1,0 +1,405 @@
+"""Predict, streaming predict, TE similarity and task samples: the rules.
+
+Input checks (shape against the job's task, finiteness, the sequence limit) happen here with
+numpy, so every refusal is a 422 naming the expected shape. The torch work is in
+`service.inference`, imported lazily so that importing the app stays light.
+"""
+
+from __future__ import annotations
+
+import io
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from sqlalchemy.orm import Session
+
+from celif_core.spec import JobSpec, validate_spec
+from service.db.models import Checkpoint, Job, User
+from service.errors import NotFound, ServiceError, Unprocessable
+from service.jobs.service import get_owned_job, resolve_checkpoint
+from service.settings import Settings
+
+# Tasks whose networks were trained on one sequence length; others (adding) generalise to any T
+# up to the TE table (CE-LIF) or MAX_FREE_STEPS.
+FIXED_LENGTH_TASKS = ("seq_mnist", "ps_mnist", "copy_memory", "dataset")
+MAX_FREE_STEPS = 100_000
+STREAM_TTL_S = 600.0
+MAX_STREAMS = 64
+MAX_SAMPLES = 64
+
+
+class TooManyStreams(ServiceError):
+    status_code = 429
+    default_message = "too many open streams"
+
+
+@dataclass
+class Runtime:
+    """Per-app inference state: the model cache and the open streams."""
+
+    cache: Any
+    streams: Any
+
+
+_RUNTIME_LOCK = threading.Lock()
+
+
+def get_runtime(state: Any, settings: Settings) -> Runtime:
+    """The app's runtime (kept on `app.state`), created at first use."""
+    runtime = getattr(state, "inference_runtime", None)
+    if runtime is None:
+        with _RUNTIME_LOCK:
+            runtime = getattr(state, "inference_runtime", None)
+            if runtime is None:
+                from service import inference
+
+                runtime = Runtime(
+                    cache=inference.ModelCache(settings.model_cache_size),
+                    streams=inference.StreamStore(ttl_s=STREAM_TTL_S, max_streams=MAX_STREAMS),
+                )
+                state.inference_runtime = runtime
+    return runtime
+
+
+# ----------------------------------------------------------------------------- input checks
+def step_limit(spec: JobSpec) -> tuple[int | None, int]:
+    """(exact T or None, max T) accepted for the job's task."""
+    if spec.task.name in FIXED_LENGTH_TASKS:
+        return spec.seq_len, spec.seq_len
+    return None, spec.te_length if spec.uses_te else MAX_FREE_STEPS
+
+
+def expected_shape(spec: JobSpec, limit: int | None, *, chunk: bool = False) -> str:
+    exact, max_t = step_limit(spec)
+    f = spec.input_size
+    t = "t" if chunk else (f"T={exact}" if exact is not None else "T")
+    text = f"[N, {t}, F={f}]"
+    if f == 1:
+        text += f" (or [N, {t}] since F=1)"
+    notes = []
+    if limit is not None:
+        notes.append(f"1 <= N <= {limit} (settings.max_predict_sequences)")
+    if chunk:
+        notes.append(f"chunks adding up to at most {max_t} steps")
+    elif exact is None:
+        notes.append(f"1 <= T <= {max_t}")
+    return text + (", " + ", ".join(notes) if notes else "")
+
+
+def _refuse(message: str, loc: tuple = ("body", "inputs")) -> Unprocessable:
+    return Unprocessable(message, loc=loc)
+
+
+def parse_inputs(
+    raw: Any, spec: JobSpec, *, max_sequences: int | None, chunk: bool = False
+) -> np.ndarray:
+    """The request's inputs as float32 [N, T, F], or a 422 naming the expected shape."""
+    want = expected_shape(spec, max_sequences, chunk=chunk)
+    try:
+        arr = np.asarray(raw)
+    except (ValueError, TypeError):
+        raise _refuse(
+            f"inputs must be a rectangular array of numbers of shape {want}; the nested lists "
+            "have different lengths"
+        ) from None
+    if arr.dtype.kind not in "iuf":
+        raise _refuse(
+            f"inputs must be numbers, shape {want}; got values of type {arr.dtype.name!r} "
+            "(strings, null or ragged nested lists)"
+        )
+    f = spec.input_size
+    if arr.ndim == 2 and f == 1:
+        arr = arr[:, :, None]
+    if arr.ndim != 3 or arr.shape[2] != f or arr.shape[0] < 1 or arr.shape[1] < 1:
+        raise _refuse(f"inputs must have shape {want}; got {list(np.shape(raw))}")
+    n, t = int(arr.shape[0]), int(arr.shape[1])
+    if max_sequences is not None and n > max_sequences:
+        raise _refuse(
+            f"too many sequences: N={n} is over the limit of {max_sequences} "
+            f"(settings.max_predict_sequences); expected shape {want}"
+        )
+    exact, max_t = step_limit(spec)
+    if not chunk:
+        if exact is not None and t != exact:
+            raise _refuse(
+                f"inputs have T={t} steps but the job's task {spec.task.name!r} has T={exact}; "
+                f"expected shape {want}; got {list(arr.shape)}"
+            )
+        if t > max_t:
+            raise _refuse(f"inputs have T={t} steps, over {max_t}; expected shape {want}")
+    with np.errstate(over="ignore", invalid="ignore"):
+        x = arr.astype(np.float32)  # beyond float32 becomes inf, refused below
+    if not np.isfinite(x).all():
+        bad = int(x.size - np.count_nonzero(np.isfinite(x)))
+        raise _refuse(
+            f"inputs hold {bad} NaN or infinite values (or values beyond float32); every value "
+            f"must be finite; expected shape {want}"
+        )
+    return x
+
+
+def _spec_of(job: Job) -> JobSpec:
+    return validate_spec(job.spec)
+
+
+def _checkpoint_ref(ckpt: Checkpoint) -> dict[str, Any]:
+    return {"id": ckpt.id, "step": ckpt.step, "sha256": ckpt.sha256}
+
+
+def _load(runtime: Runtime, ckpt: Checkpoint, path: Path) -> tuple[Any, bool]:
+    cached = ckpt.sha256 in runtime.cache
+    return runtime.cache.get(ckpt.sha256, path), cached
+
+
+def _resolve(
+    session: Session, user: User, job_id: str, ref: str, settings: Settings
+) -> tuple[Job, Checkpoint, Path]:
+    job = get_owned_job(session, user, job_id)
+    ckpt, path = resolve_checkpoint(session, job, ref, storage_dir=settings.storage_dir)
+    return job, ckpt, path
+
+
+# ----------------------------------------------------------------------------- predict
+def predict(
+    session: Session,
+    user: User,
+    job_id: str,
+    *,
+    inputs: Any,
+    checkpoint: str,
+    returns: list[str],
+    spikes_layer: int,
+    settings: Settings,
+    runtime: Runtime,
+) -> dict[str, Any]:
+    from service import inference
+
+    start = time.perf_counter()
+    job = get_owned_job(session, user, job_id)
+    spec = _spec_of(job)
+    # Validate before touching the checkpoint: a bad payload is a 422 even on a job without one.
+    x = parse_inputs(inputs, spec, max_sequences=settings.max_predict_sequences)
+    layers = 0 if spec.model.neuron == "lstm" else len(spec.model.hidden)
+    if "spikes" in returns and spikes_layer >= max(layers, 1):
+        raise Unprocessable(
+            f"spikes_layer={spikes_layer} but the model has {layers} spiking layer(s) "
+            f"(0..{max(layers - 1, 0)})",
+            loc=("body", "spikes_layer"),
+        )
+    ckpt, path = resolve_checkpoint(session, job, checkpoint, storage_dir=settings.storage_dir)
+    session.close()  # release the DB connection before the forward pass
+    loaded, cached = _load(runtime, ckpt, path)
+    body = inference.predict(loaded, x, returns=frozenset(returns), spikes_layer=spikes_layer)
+    return {
+        "job_id": job_id,
+        "checkpoint": _checkpoint_ref(ckpt),
+        **body,
+        "cached": cached,
+        "elapsed_ms": round((time.perf_counter() - start) * 1000, 3),
+    }
+
+
+# ----------------------------------------------------------------------------- streams
+def open_stream(
+    session: Session,
+    user: User,
+    job_id: str,
+    *,
+    checkpoint: str,
+    settings: Settings,
+    runtime: Runtime,
+) -> dict[str, Any]:
+    from service import inference
+
+    job, ckpt, path = _resolve(session, user, job_id, checkpoint, settings)
+    spec = _spec_of(job)
+    loaded, _ = _load(runtime, ckpt, path)
+    exact, max_t = step_limit(spec)
+    try:
+        stream = runtime.streams.open(
+            owner_id=user.id, job_id=job.id, loaded=loaded, max_steps=exact
+        )
+    except inference.StreamLimit as exc:
+        raise TooManyStreams(str(exc)) from None
+    return {
+        "stream_id": stream.id,
+        "job_id": job.id,
+        "checkpoint": _checkpoint_ref(ckpt),
+        "expected_shape": expected_shape(spec, settings.max_predict_sequences, chunk=True),
+        "max_steps": max_t,
+        "ttl_s": runtime.streams.ttl_s,
+    }
+
+
+def _get_stream(runtime: Runtime, user: User, job_id: str, stream_id: str) -> Any:
+    stream = runtime.streams.get(stream_id, owner_id=user.id, job_id=job_id)
+    if stream is None:
+        raise NotFound(f"no open stream {stream_id!r} on job {job_id!r} (expired or deleted?)")
+    return stream
+
+
+def feed_chunk(
+    session: Session,
+    user: User,
+    job_id: str,
+    stream_id: str,
+    *,
+    inputs: Any,
+    settings: Settings,
+    runtime: Runtime,
+) -> dict[str, Any]:
+    from service import inference
+
+    get_owned_job(session, user, job_id)
+    session.close()
+    stream = _get_stream(runtime, user, job_id, stream_id)
+    spec = stream.loaded.spec
+    x = parse_inputs(inputs, spec, max_sequences=settings.max_predict_sequences, chunk=True)
+    _, max_t = step_limit(spec)
+    with stream.lock:
+        if stream.batch_size is not None and x.shape[0] != stream.batch_size:
+            raise _refuse(
+                f"this stream carries N={stream.batch_size} sequences (fixed by its first chunk); "
+                f"got a chunk of N={x.shape[0]}"
+            )
+        if stream.steps + x.shape[1] > max_t:
+            raise _refuse(
+                f"the stream has seen {stream.steps} steps; {x.shape[1]} more would exceed the "
+                f"task's {max_t} steps"
+            )
+        body = inference.feed_chunk(stream, x)
+    return {"stream_id": stream.id, **body}
+
+
+def close_stream(
+    session: Session, user: User, job_id: str, stream_id: str, runtime: Runtime
+) -> None:
+    get_owned_job(session, user, job_id)
+    if not runtime.streams.close(stream_id, owner_id=user.id, job_id=job_id):
+        raise NotFound(f"no open stream {stream_id!r} on job {job_id!r}")
+
+
+# ----------------------------------------------------------------------------- TE similarity
+def te_similarity(
+    session: Session,
+    user: User,
+    job_id: str,
+    *,
+    checkpoint: str,
+    layer: int,
+    settings: Settings,
+    runtime: Runtime,
+) -> dict[str, Any]:
+    from service import inference
+
+    job, ckpt, path = _resolve(session, user, job_id, checkpoint, settings)
+    spec = _spec_of(job)
+    if not spec.uses_te:
+        raise NotFound(
+            f"job {job_id} has no TE table (neuron={spec.model.neuron!r}"
+            + (
+                f", ce_mode={spec.model.neuron_params.ce_mode!r}"
+                if spec.model.neuron == "celif"
+                else ""
+            )
+            + "); the TE similarity exists for CE-LIF jobs whose ce_mode uses TE"
+        )
+    if layer >= len(spec.model.hidden):
+        raise Unprocessable(
+            f"layer={layer} but the model has {len(spec.model.hidden)} hidden layers",
+            loc=("query", "layer"),
+        )
+    loaded, _ = _load(runtime, ckpt, path)
+    result = inference.te_similarity(loaded, layer=layer)
+    if result is None:
+        raise NotFound(f"the checkpoint of job {job_id} holds no TE table")
+    return {"job_id": job_id, "checkpoint": _checkpoint_ref(ckpt), **result}
+
+
+def te_similarity_png(result: dict[str, Any]) -> bytes:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure
+
+    matrix = np.asarray(result["matrix"])
+    extent = (0, result["steps"], result["steps"], 0)
+    fig = Figure(figsize=(5.2, 4.4), dpi=110)
+    ax = fig.add_subplot()
+    image = ax.imshow(
+        matrix, cmap="RdBu_r", vmin=-1, vmax=1, extent=extent, interpolation="nearest"
+    )
+    fig.colorbar(image, ax=ax, label="cosine similarity")
+    ax.set_xlabel("timestep")
+    ax.set_ylabel("timestep")
+    ax.set_title(
+        f"TE cosine similarity, layer {result['layer']} (step {result['checkpoint']['step']})"
+    )
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    return buf.getvalue()
+
+
+# ----------------------------------------------------------------------------- samples
+def samples_for_spec(
+    spec: JobSpec, *, split: str, n: int, offset: int, settings: Settings
+) -> dict[str, Any]:
+    from service import inference
+
+    try:
+        x, targets = inference.task_samples(
+            spec,
+            split=split,
+            n=n,
+            offset=offset,
+            mnist_dir=settings.mnist_dir,
+            datasets_dir=settings.datasets_dir,
+        )
+    except inference.DataUnavailable as exc:
+        raise NotFound(str(exc)) from None
+    if x.shape[-1] == 1:
+        inputs = x[:, :, 0].round(4).tolist()
+    else:
+        inputs = x.round(4).tolist()
+    return {
+        "task": spec.task.name,
+        "split": split,
+        "kind": spec.kind,
+        "inputs": inputs,
+        "targets": targets,
+        "shape": list(x.shape),
+    }
+
+
+def job_samples(
+    session: Session,
+    user: User,
+    job_id: str,
+    *,
+    split: str,
+    n: int,
+    offset: int,
+    settings: Settings,
+) -> dict[str, Any]:
+    spec = _spec_of(get_owned_job(session, user, job_id))
+    return samples_for_spec(spec, split=split, n=n, offset=offset, settings=settings)
+
+
+def task_samples(
+    task_name: str, *, split: str, n: int, offset: int, settings: Settings
+) -> dict[str, Any]:
+    if task_name == "dataset":
+        raise Unprocessable(
+            "samples of an uploaded dataset are read through a job: GET /api/v1/jobs/{id}/samples",
+            loc=("path", "name"),
+        )
+    try:
+        spec = validate_spec({"task": {"name": task_name}})
+    except ValueError:
+        raise NotFound(f"no task named {task_name!r}") from None
+    return samples_for_spec(spec, split=split, n=n, offset=offset, settings=settings)

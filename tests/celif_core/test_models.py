@@ -1,0 +1,177 @@
+"""Networks built from specs: parameter counts, readouts, streaming, input validation."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from celif_core.models import ModelOutput, build_model
+from celif_core.spec import SpecError, count_parameters, validate_spec
+
+from .conftest import make_spec
+
+NEURONS = ["lif", "alif", "plif", "celif", "lstm"]
+
+
+def n_params(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+@pytest.mark.parametrize(
+    ("hidden", "expected"), [([64, 88, 88], 83_562), ([64, 152, 152], 153_962)]
+)
+def test_paper_parameter_counts(hidden, expected):
+    spec = {"task": {"name": "seq_mnist"}, "model": {"neuron": "celif", "hidden": hidden}}
+    model = build_model(spec)
+    assert n_params(model) == expected
+    assert count_parameters(validate_spec(spec)) == expected
+    # one shared TE table [784, max(hidden)]
+    assert tuple(model.te.shape) == (784, max(hidden))
+
+
+@pytest.mark.parametrize("neuron", NEURONS)
+@pytest.mark.parametrize("architecture", ["feedforward", "recurrent"])
+@pytest.mark.parametrize("te_shared", [True, False])
+def test_parameter_count_matches_spec(neuron, architecture, te_shared):
+    if neuron == "lstm" and architecture == "recurrent":
+        pytest.skip("the LSTM is recurrent by construction")
+    spec = make_spec(
+        "adding", seq_len=12, neuron=neuron, architecture=architecture, hidden=[8, 5, 6],
+        te_shared=te_shared,
+    )  # fmt: skip
+    assert n_params(build_model(spec)) == count_parameters(spec)
+
+
+@pytest.mark.parametrize(
+    ("task", "params", "shape"),
+    [
+        ("adding", {"seq_len": 15}, (3, 1)),
+        ("copy_memory", {"delay": 4}, (3, 24, 10)),
+    ],
+)
+@pytest.mark.parametrize("neuron", NEURONS)
+def test_readout_shapes(task, params, shape, neuron):
+    spec = make_spec(task, neuron=neuron, hidden=[8, 8], **params)
+    model = build_model(spec)
+    x = torch.rand(3, spec.seq_len, spec.input_size)
+    assert tuple(model(x).shape) == shape
+
+
+def test_classification_readout_is_mean_over_time_of_the_readout():
+    spec = make_spec("adding", seq_len=10, hidden=[6])  # reuse the net, check the identity
+    model = build_model(spec)
+    x = torch.rand(2, 10, 2)
+    out = model.run(x, record_spikes=True)
+    spikes = out.spikes[-1]  # [B, T, N]
+    per_step = model.readout(spikes)  # [B, T, 1]
+    assert torch.allclose(out.output, per_step[:, -1])  # regression: the last step
+    model.kind = "classification"
+    assert torch.allclose(model(x), per_step.mean(1), atol=1e-6)
+
+
+@pytest.mark.parametrize("neuron", NEURONS)
+@pytest.mark.parametrize("architecture", ["feedforward", "recurrent"])
+@pytest.mark.parametrize("task", ["seq_mnist", "adding", "copy_memory"])
+def test_streaming_equals_one_shot(neuron, architecture, task):
+    if neuron == "lstm" and architecture == "recurrent":
+        pytest.skip("the LSTM is recurrent by construction")
+    params = {"adding": {"seq_len": 40}, "copy_memory": {"delay": 13}, "seq_mnist": {}}[task]
+    spec = make_spec(task, neuron=neuron, architecture=architecture, hidden=[12, 10], **params)
+    model = build_model(spec).eval()
+    steps = spec.seq_len if task != "seq_mnist" else 100  # a shorter MNIST-like sequence
+    x = torch.rand(4, steps, spec.input_size)
+    with torch.no_grad():
+        full = model(x)
+        state = model.initial_state(4)
+        outs = []
+        for chunk in torch.split(x, 7, dim=1):
+            out, state = model.forward_chunk(chunk, state)
+            outs.append(out)
+    streamed = torch.cat(outs, dim=1) if spec.kind == "sequence" else outs[-1]
+    assert state.t == steps
+    torch.testing.assert_close(streamed, full, rtol=1e-5, atol=1e-5)
+
+
+def test_run_reports_firing_rates_and_spikes():
+    spec = make_spec("adding", seq_len=20, hidden=[8, 6])
+    model = build_model(spec)
+    x = torch.rand(5, 20, 2)
+    out = model.run(x, record_spikes=2)
+    assert isinstance(out, ModelOutput)
+    assert len(out.firing_rates) == 2 and all(0.0 <= r <= 1.0 for r in out.firing_rates)
+    assert [tuple(s.shape) for s in out.spikes] == [(2, 20, 8), (2, 20, 6)]
+    assert set(torch.unique(out.spikes[0]).tolist()) <= {0.0, 1.0}
+    assert torch.isclose(out.spikes[1].mean(), torch.tensor(model.run(x[:2]).firing_rates[1]))
+    assert model.run(x).spikes is None
+    assert model.backend_name in ("fused", "reference")
+
+
+def test_reference_and_default_backends_agree():
+    spec = make_spec("copy_memory", delay=10, hidden=[8, 8])
+    torch.manual_seed(1)
+    fast = build_model(spec)
+    ref = build_model(spec, backend="reference")
+    ref.load_state_dict(fast.state_dict())
+    x = torch.rand(3, spec.seq_len, 10)
+    torch.testing.assert_close(fast(x), ref(x), rtol=1e-5, atol=1e-5)
+    assert ref.backend_name == "reference"
+
+
+def test_te_init_std_and_per_layer_tables():
+    spec = make_spec(
+        "adding", seq_len=300, hidden=[64, 32], te_shared=False,
+        neuron_params={"te_init_std": 0.25},
+    )  # fmt: skip
+    model = build_model(spec)
+    assert [tuple(t.shape) for t in model.te_tables] == [(300, 64), (300, 32)]
+    assert abs(float(model.te_tables[0].detach().std()) - 0.25) < 0.02
+    assert not hasattr(model, "te")
+
+
+def test_te_only_for_te_modes():
+    for mode, has_te in (("membrane_te", True), ("spike", False), ("none", False), ("te", True)):
+        model = build_model(make_spec("adding", seq_len=10, neuron_params={"ce_mode": mode}))
+        assert hasattr(model, "te") == has_te, mode
+
+
+# --------------------------------------------------------------------------- bad input
+@pytest.mark.parametrize(
+    "x",
+    [torch.rand(4, 20), torch.rand(4, 20, 3), torch.rand(20, 2, 4, 1)],
+)
+def test_wrong_input_shape_names_the_expected_form(x):
+    model = build_model(make_spec("adding", seq_len=20))
+    with pytest.raises(ValueError, match=r"\[B, T, F\] with F=2.*got shape " + str(list(x.shape)).replace("[", r"\[").replace("]", r"\]")):
+        model(x)
+
+
+def test_sequence_longer_than_te_table_is_rejected():
+    with pytest.raises(SpecError, match=r"model\.te_length.*784"):
+        validate_spec({"task": {"name": "seq_mnist"}, "model": {"te_length": 500}})
+    model = build_model(make_spec("adding", seq_len=20))
+    with pytest.raises(ValueError, match="TE table has 20 rows"):
+        model(torch.rand(2, 21, 2))
+    state = model.initial_state(2)
+    _, state = model.forward_chunk(torch.rand(2, 15, 2), state)
+    with pytest.raises(ValueError, match="te_length=20"):
+        model.forward_chunk(torch.rand(2, 6, 2), state)
+
+
+@pytest.mark.parametrize(
+    ("spec", "field"),
+    [
+        ({"task": {"name": "imagenet"}}, "task.name"),
+        ({"task": {"name": "adding"}, "model": {"neuron": "hodgkin"}}, "model.neuron"),
+        (
+            {"task": {"name": "adding"}, "model": {"neuron_params": {"ce_mode": "bogus"}}},
+            "model.neuron_params.ce_mode",
+        ),
+        ({"task": {"name": "adding", "params": {"seq_len": -5}}}, "task.params.seq_len"),
+        ({"task": {"name": "adding"}, "model": {"hidden": [0]}}, "model.hidden.0"),
+    ],
+)
+def test_bad_specs_name_the_field(spec, field):
+    with pytest.raises(SpecError) as err:
+        build_model(spec)
+    assert field in str(err.value)
+    assert isinstance(err.value, ValueError)

@@ -1,0 +1,290 @@
+"""The dashboard in a real headless Chromium (Debian's `chromium` + `chromium-driver`, driven by
+selenium): sign in, submit a job through the form (a 422 shown inline first), watch the learning
+curve gain points live over SSE, run predictions from the predict panel (pasted JSON on an adding
+job; a picked and a drawn digit on an MNIST job), and save screenshots under `test-output/`."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+from selenium import webdriver
+from selenium.webdriver.common.action_chains import ActionChains
+from selenium.webdriver.common.by import By
+from selenium.webdriver.support.ui import Select, WebDriverWait
+
+from tests.service.fixtures_predict import REPO, EmbeddedServer, make_job
+
+pytest_plugins = ["tests.service.fixtures_predict"]
+
+pytestmark = pytest.mark.browser
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
+OUTPUT = REPO / "test-output"
+
+
+@pytest.fixture
+def browser():
+    if not (Path(CHROMIUM).exists() and Path(CHROMEDRIVER).exists()):
+        pytest.fail(
+            "chromium and chromedriver are required (apt-get install chromium chromium-driver)"
+        )
+    profile = tempfile.mkdtemp(prefix="celif-chromium-")
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in (
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--disable-dev-shm-usage",
+        f"--user-data-dir={profile}",
+        "--window-size=1400,2600",
+    ):
+        options.add_argument(flag)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(
+        service=webdriver.ChromeService(executable_path=CHROMEDRIVER), options=options
+    )
+    driver.set_page_load_timeout(60)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+        shutil.rmtree(profile, ignore_errors=True)
+
+
+def _wait(driver, condition, timeout: float = 30, what: str = ""):
+    try:
+        return WebDriverWait(driver, timeout, poll_frequency=0.1).until(lambda d: condition(d))
+    except Exception as exc:
+        logs = "\n".join(str(entry) for entry in driver.get_log("browser"))
+        _screenshot(driver, "dashboard-failure.png")
+        errors = driver.execute_script(
+            "return [...document.querySelectorAll('.error')].map(e => e.id + ': ' + e.textContent)"
+        )
+        raise AssertionError(
+            f"timed out waiting for {what}\nerrors on the page: {errors}\nbrowser log:\n{logs}"
+        ) from exc
+
+
+def _field(driver, loc: str):
+    return driver.find_element(By.CSS_SELECTOR, f'[data-loc="{loc}"]')
+
+
+def _set(driver, loc: str, value: str) -> None:
+    element = _field(driver, loc)
+    element.clear()
+    element.send_keys(value)
+
+
+def _screenshot(driver, name: str) -> Path:
+    OUTPUT.mkdir(exist_ok=True)
+    path = OUTPUT / name
+    driver.save_screenshot(str(path))
+    return path
+
+
+def test_dashboard_end_to_end(browser, tmp_path, trained):
+    d = browser
+    with EmbeddedServer(tmp_path / "data") as srv:
+        d.get(srv.url + "/")
+        # Sign in with a token (a wrong one first).
+        _wait(d, lambda d: d.find_element(By.ID, "view-signin").is_displayed(), what="sign-in view")
+        d.find_element(By.ID, "token-input").send_keys("not-a-token")
+        d.find_element(By.ID, "signin-btn").click()
+        _wait(d, lambda d: "refused" in d.find_element(By.ID, "signin-error").text, what="refusal")
+        d.find_element(By.ID, "token-input").clear()
+        d.find_element(By.ID, "token-input").send_keys(srv.token)
+        d.find_element(By.ID, "signin-btn").click()
+        _wait(d, lambda d: d.find_element(By.ID, "view-jobs").is_displayed(), what="job list")
+        assert d.execute_script("return localStorage.getItem('celif_token')") == srv.token
+
+        # The submit form is built from /tasks and /neurons, defaults shown.
+        d.find_element(By.ID, "new-job-link").click()
+        _wait(
+            d,
+            lambda d: len(Select(d.find_element(By.ID, "f-task")).options) == 5,
+            what="task catalog",
+        )
+        assert (
+            _field(d, "task.params.val_size").get_attribute("value") == "5000"
+        )  # seq_mnist default
+        assert _field(d, "model.neuron_params.alpha").get_attribute("value") == "0.5"
+        assert _field(d, "training.lr").get_attribute("value") == "0.0005"
+        Select(d.find_element(By.ID, "f-task")).select_by_value("adding")
+        _wait(
+            d,
+            lambda d: _field(d, "task.params.seq_len").get_attribute("value") == "100",
+            what="adding defaults",
+        )
+        Select(d.find_element(By.ID, "f-neuron")).select_by_value("celif")
+        _set(d, "name", "browser-adding")
+        _set(d, "model.hidden", "16, 16")
+        _set(d, "task.params.val_size", "128")
+        _set(d, "task.params.test_size", "128")
+        _set(d, "training.batch_size", "32")
+        _set(d, "training.eval_batch_size", "128")
+        _set(d, "training.max_steps", "400")
+        _set(d, "training.eval_every", "10")
+        _set(d, "training.checkpoint_every", "100")
+        _set(d, "training.lr", "0.005")
+        Select(_field(d, "training.device")).select_by_value("cpu")
+        # A bad value: the 422 is shown inline next to the named field; nothing is queued.
+        _set(d, "task.params.seq_len", "-5")
+        d.find_element(By.ID, "submit-job").click()
+        error = _wait(
+            d,
+            lambda d: (
+                d.find_element(By.CSS_SELECTOR, '[data-error-for="task.params.seq_len"]').text
+            ),
+            what="inline error",
+        )
+        assert "greater than or equal to 2" in error
+        assert "invalid" in _field(d, "task.params.seq_len").get_attribute("class")
+        _set(d, "task.params.seq_len", "20")
+        d.find_element(By.ID, "submit-job").click()
+        _wait(d, lambda d: "#/jobs/" in d.current_url, what="the job page")
+        job_id = d.current_url.rsplit("/", 1)[-1]
+
+        # The learning curve gains points live (SSE via fetch streaming, no page reload).
+        d.execute_script("window.__sameDocument = true")
+        first = _wait(
+            d,
+            lambda d: int(d.find_element(By.ID, "curve").get_attribute("data-points")),
+            120,
+            "first points",
+        )
+        status_then = d.find_element(By.ID, "job-status").text
+        later = _wait(
+            d,
+            lambda d: (
+                (n := int(d.find_element(By.ID, "curve").get_attribute("data-points"))) > first
+                and n
+            ),
+            120,
+            "more points",
+        )
+        assert later > first and status_then in ("queued", "running")
+        assert d.execute_script("return window.__sameDocument") is True
+        assert d.find_elements(By.CSS_SELECTOR, "#curve .scatterlayer .trace")  # drawn by plotly
+        _wait(
+            d,
+            lambda d: d.find_element(By.ID, "job-status").text == "succeeded",
+            240,
+            "the job to finish",
+        )
+        _wait(
+            d,
+            lambda d: d.find_elements(By.CSS_SELECTOR, "#checkpoints-table tbody tr"),
+            30,
+            "checkpoints",
+        )
+        assert d.find_element(By.ID, "job-progress-text").text == "step 400 / 400"
+
+        # Predict panel (not MNIST): load a test sample as JSON, predict, see value and raster.
+        d.find_element(By.ID, "load-sample").click()
+        _wait(
+            d,
+            lambda d: (
+                d.find_element(By.ID, "predict-json").get_attribute("value").startswith("[[[")
+            ),
+            what="sample",
+        )
+        Select(d.find_element(By.ID, "predict-layer")).select_by_value("1")
+        d.find_element(By.ID, "predict-btn").click()
+        summary = _wait(
+            d, lambda d: d.find_element(By.ID, "predict-summary").text, 240, "prediction"
+        )
+        assert summary.startswith("Predicted value") and "target" in summary
+        assert int(d.find_element(By.ID, "raster").get_attribute("data-spikes")) >= 0
+        assert "layer 1" in d.find_element(By.ID, "raster").text
+        # The CE-LIF job shows its TE cosine-similarity heatmap.
+        _wait(
+            d,
+            lambda d: d.find_elements(By.CSS_SELECTOR, "#te-heatmap .heatmaplayer"),
+            60,
+            "TE heatmap",
+        )
+        time.sleep(0.5)
+        shot = _screenshot(d, "dashboard-job.png")
+        assert shot.stat().st_size > 10_000
+
+        # A bad pasted payload shows the 422 naming the expected shape.
+        d.find_element(By.ID, "predict-json").clear()
+        d.find_element(By.ID, "predict-json").send_keys("[[[0.5, 1.0], [0.2, 0.0]], [[0.1, 0.0]]]")
+        d.find_element(By.ID, "predict-btn").click()
+        err = _wait(d, lambda d: d.find_element(By.ID, "predict-error").text, 30, "predict error")
+        assert "F=2" in err
+
+        # An MNIST job (registered as the worker would): pick a test digit, then draw one.
+        data = tmp_path / "data"
+        mnist_job = make_job(
+            f"sqlite:///{(data / 'celif.db').resolve()}",
+            data / "storage",
+            trained["seq_mnist"],
+            owner="admin",
+        )
+        d.get(f"{srv.url}/#/jobs/{mnist_job}")
+        _wait(
+            d,
+            lambda d: len(d.find_elements(By.CSS_SELECTOR, "#samples canvas")) == 10,
+            60,
+            "MNIST test digits",
+        )
+        digit = d.find_elements(By.CSS_SELECTOR, "#samples canvas")[0]
+        assert digit.get_attribute("data-label") == "7"
+        digit.click()
+        d.find_element(By.ID, "predict-btn").click()
+        summary = _wait(
+            d, lambda d: d.find_element(By.ID, "predict-summary").text, 240, "MNIST prediction"
+        )
+        assert summary.startswith("Predicted class") and "target 7" in summary
+        bars = d.find_elements(By.CSS_SELECTOR, "#probabilities .bars .point")
+        assert len(bars) == 10
+        canvas = d.find_element(By.ID, "draw-canvas")
+        ActionChains(d).move_to_element_with_offset(
+            canvas, -20, -90
+        ).click_and_hold().move_by_offset(40, 0).move_by_offset(-30, 170).release().perform()
+        d.find_element(By.ID, "predict-btn").click()
+        _wait(
+            d,
+            lambda d: (
+                "target" not in (t := d.find_element(By.ID, "predict-summary").text)
+                and t.startswith("Predicted class")
+            ),
+            60,
+            "prediction of the drawing",
+        )
+        assert d.find_element(By.ID, "draw-canvas").get_attribute("class") == "selected"
+        _wait(
+            d,
+            lambda d: d.find_elements(By.CSS_SELECTOR, "#te-heatmap .heatmaplayer"),
+            60,
+            "TE heatmap",
+        )
+        assert not d.find_element(By.ID, "cancel-btn").is_displayed()  # a finished job
+        time.sleep(0.5)
+        _screenshot(d, "dashboard-mnist.png")
+
+        # The job list shows both jobs with their live status.
+        d.find_element(By.CSS_SELECTOR, 'nav a[href="#/"]').click()
+        rows = _wait(
+            d, lambda d: d.find_elements(By.CSS_SELECTOR, "#jobs-table tbody tr"), 30, "job rows"
+        )
+        assert {r.get_attribute("data-job-id") for r in rows} == {job_id, mnist_job}
+        # Refused requests (the wrong token, the 422s above) are logged by Chrome; errors are not.
+        severe = [
+            e
+            for e in d.get_log("browser")
+            if e["level"] == "SEVERE" and "Failed to load resource" not in e["message"]
+        ]
+        assert not severe, severe

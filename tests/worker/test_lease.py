@@ -1,0 +1,127 @@
+"""Lease transitions and the reaper, in-process against the real PostgreSQL test database."""
+
+from __future__ import annotations
+
+import threading
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import select
+
+from service.auth.service import get_or_create_user
+from service.db.models import Job, JobEvent, utcnow
+from service.settings import Settings
+from worker import lease
+from worker.reaper import reap_once
+
+
+@pytest.fixture()
+def make_job(stack):
+    def make(status="queued", heartbeat_age_s=None, attempts=0, cancel=False) -> str:
+        with stack.session() as s:
+            user = get_or_create_user(s, "lease-tests")
+            job = Job(
+                owner_id=user.id,
+                task_name="adding",
+                neuron="celif",
+                spec={},
+                max_steps=10,
+                status=status,
+                attempts=attempts,
+                cancel_requested=cancel,
+                worker_id="dead-host:1" if status == "running" else None,
+                heartbeat_at=None
+                if heartbeat_age_s is None
+                else utcnow() - timedelta(seconds=heartbeat_age_s),
+            )
+            s.add(job)
+            s.flush()
+            return job.id
+
+    return make
+
+
+def _settings(stack, **kw) -> Settings:
+    return Settings(
+        database_url=stack.database_url,
+        broker_url="redis://127.0.0.1:6379/0",
+        data_dir=stack.data_dir,
+        stale_after_s=30,
+        max_infra_retries=2,
+        **kw,
+    )
+
+
+def _statuses(stack, job_id):
+    with stack.session() as s:
+        return [
+            e.data["status"]
+            for e in s.scalars(
+                select(JobEvent)
+                .where(JobEvent.job_id == job_id, JobEvent.kind == "status")
+                .order_by(JobEvent.id)
+            )
+        ]
+
+
+def test_claim_is_won_by_exactly_one(stack, make_job):
+    job_id = make_job()
+    winners: list[str] = []
+    barrier = threading.Barrier(8)
+
+    def contend(i: int) -> None:
+        barrier.wait()
+        with stack.session() as s:
+            if lease.claim(s, job_id, f"w{i}", stale_after_s=30) is not None:
+                winners.append(f"w{i}")
+
+    threads = [threading.Thread(target=contend, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(winners) == 1
+    with stack.session() as s:
+        job = s.get(Job, job_id)
+        assert (job.status, job.worker_id, job.attempts) == ("running", winners[0], 1)
+        # A live lease is never taken over; a stale one is.
+        assert lease.claim(s, job_id, "other", stale_after_s=30) is None
+        job.heartbeat_at = utcnow() - timedelta(seconds=60)
+    with stack.session() as s:
+        assert lease.claim(s, job_id, "other", stale_after_s=30).attempts == 2
+
+
+def test_reaper_requeues_fails_and_cancels_stale_jobs(stack, make_job):
+    live = make_job("running", heartbeat_age_s=1, attempts=1)
+    stale = make_job("running", heartbeat_age_s=120, attempts=1)
+    exhausted = make_job("running", heartbeat_age_s=120, attempts=3)
+    cancelled = make_job("running", heartbeat_age_s=120, attempts=1, cancel=True)
+    sent: list[str] = []
+    result = reap_once(_settings(stack), enqueue=sent.append)
+    assert stale in result.requeued and stale in sent
+    assert exhausted in result.failed and exhausted not in sent
+    assert cancelled in result.cancelled and cancelled not in sent
+    assert live not in result.requeued + result.failed + result.cancelled
+    with stack.session() as s:
+        assert s.get(Job, stale).status == "queued" and s.get(Job, stale).worker_id is None
+        assert s.get(Job, exhausted).status == "failed"
+        assert "worker lost 3 times" in s.get(Job, exhausted).error
+        assert s.get(Job, cancelled).status == "cancelled"
+        assert s.get(Job, live).status == "running"
+    assert _statuses(stack, stale) == ["queued"]
+    # A second pass (or a second reaper) finds nothing left to do.
+    again = reap_once(_settings(stack), enqueue=sent.append)
+    assert not (set(again.requeued) | set(again.failed)) & {stale, exhausted, cancelled}
+
+
+def test_released_lease_cannot_write(stack, make_job):
+    job_id = make_job()
+    with stack.session() as s:
+        lease.claim(s, job_id, "me", stale_after_s=30)
+    with stack.session() as s:  # the reaper (or the API) took it away
+        s.get(Job, job_id).worker_id = "someone-else"
+    with stack.session() as s:
+        assert not lease.heartbeat(s, job_id, "me", step=5)
+        assert lease.release(s, job_id, "me", "succeeded") is None
+    with stack.session() as s:
+        assert s.get(Job, job_id).status == "running"

@@ -1,0 +1,156 @@
+"""`celif serve`: the embedded default (SQLite + filesystem broker) end to end, and the CLI."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.worker.conftest import REPO, adding_spec, free_port, wait_for
+
+
+def _embedded_env(data_dir: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CELIF_")}
+    keep = os.environ.get("CELIF_MNIST_DIR")
+    if keep:
+        env["CELIF_MNIST_DIR"] = keep
+    env.update(
+        PYTHONPATH=str(REPO),
+        OMP_NUM_THREADS="1",
+        CELIF_HEARTBEAT_INTERVAL_S="0.5",
+        CELIF_METRICS_FLUSH_INTERVAL_S="0.5",
+    )
+    return env
+
+
+class _Output:
+    """Collects a subprocess's merged output in a thread (never blocks the test)."""
+
+    def __init__(self, proc: subprocess.Popen):
+        self.lines: list[str] = []
+        self._t = threading.Thread(target=self._read, args=(proc,), daemon=True)
+        self._t.start()
+
+    def _read(self, proc):
+        for line in proc.stdout:
+            self.lines.append(line)
+
+    @property
+    def text(self) -> str:
+        return "".join(self.lines)
+
+
+def test_serve_embedded_end_to_end(tmp_path: Path):
+    data = tmp_path / "data"
+    port = free_port()
+    env = _embedded_env(data)
+    cmd = [sys.executable, "-m", "service.cli", "serve", "--port", str(port), "--data-dir", str(data), "--loglevel", "WARNING"]  # fmt: skip
+    proc = subprocess.Popen(
+        cmd, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        start_new_session=True,
+    )  # fmt: skip
+    out = _Output(proc)
+    try:
+        token = wait_for(
+            lambda: (m := re.search(r"TOKEN=(\S+)", out.text)) and m.group(1), 120, "the token"
+        )
+        base = f"http://127.0.0.1:{port}"
+        assert base in out.text
+
+        def healthy():
+            assert proc.poll() is None, out.text[-3000:]
+            try:
+                return httpx.get(f"{base}/healthz", timeout=1).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        wait_for(healthy, 60, "the API")
+        headers = {"Authorization": f"Bearer {token}"}
+        r = httpx.post(f"{base}/api/v1/jobs", json=adding_spec(), headers=headers, timeout=30)
+        assert r.status_code == 201, r.text
+        jid = r.json()["id"]
+
+        def finished():
+            job = httpx.get(f"{base}/api/v1/jobs/{jid}", headers=headers, timeout=10).json()
+            return job if job["status"] in ("succeeded", "failed", "cancelled") else None
+
+        job = wait_for(finished, 240, "the job to finish", 0.2)
+        assert job["status"] == "succeeded", (job.get("error"), out.text[-3000:])
+        metrics = httpx.get(
+            f"{base}/api/v1/jobs/{jid}/metrics", headers=headers, timeout=10
+        ).json()["items"]
+        assert any(p["split"] == "train" and p["name"] == "loss" for p in metrics)
+        assert (data / "celif.db").is_file()
+        assert (data / "broker" / "queue").is_dir()
+    finally:
+        os.killpg(proc.pid, signal.SIGINT)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    # The supervised worker went down with it (its own process group was stopped).
+    assert "Traceback" not in out.text, out.text[-3000:]
+
+    # A second start prints no new token (first start only).
+    second = subprocess.run(
+        [sys.executable, "-m", "service.cli", "token", "create", "--name", "bob", "--data-dir", str(data)],
+        env=env, cwd=REPO, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert second.returncode == 0, second.stderr
+    assert re.fullmatch(r"[A-Za-z0-9_\-]{40,}\n", second.stdout), second.stdout
+
+
+def test_cli_bad_args_name_the_flag():
+    r = subprocess.run(
+        [sys.executable, "-m", "service.cli", "serve", "--port", "notaport"],
+        cwd=REPO, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert r.returncode == 2
+    assert "--port" in r.stderr
+    r = subprocess.run(
+        [sys.executable, "-m", "service.cli", "token", "create"],
+        cwd=REPO, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert r.returncode == 2 and "--name" in r.stderr
+
+
+def test_worker_app_imports_no_torch():
+    code = (
+        "import sys, worker.app, worker.tasks, worker.reaper, service.cli;"
+        "assert 'torch' not in sys.modules, 'torch imported';"
+        "c = worker.app.celery_app.conf;"
+        "assert c.task_acks_late and c.task_reject_on_worker_lost;"
+        "assert c.worker_prefetch_multiplier == 1 and c.worker_concurrency == 1;"
+        "print('ok')"
+    )
+    r = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60,
+        env={**os.environ, "CELIF_BROKER_URL": "redis://127.0.0.1:6379/0"},
+    )  # fmt: skip
+    assert r.returncode == 0 and "ok" in r.stdout, r.stderr
+
+
+@pytest.mark.parametrize("embedded", [True, False])
+def test_broker_settings(tmp_path: Path, embedded: bool):
+    from service.settings import Settings
+    from worker.app import VISIBILITY_TIMEOUT_S, make_celery
+
+    broker = None if embedded else "redis://127.0.0.1:6379/0"
+    settings = Settings(data_dir=tmp_path, broker_url=broker)
+    app = make_celery(settings)
+    opts = app.conf.broker_transport_options
+    if embedded:
+        assert app.conf.broker_url.startswith("filesystem")
+        assert Path(opts["data_folder_in"]) == (tmp_path / "broker" / "queue").resolve()
+        assert Path(opts["control_folder"]).is_dir()
+    else:
+        assert opts["visibility_timeout"] == VISIBILITY_TIMEOUT_S
+        assert VISIBILITY_TIMEOUT_S > 3600

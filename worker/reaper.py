@@ -1,0 +1,155 @@
+"""The reaper: a job never stays `running` without a live worker (DESIGN.md §5).
+
+Runs periodically in every worker's main process (a daemon thread) and in `celif serve`. Several
+reapers may run at once: every transition is a conditional UPDATE, so each stale job is handled
+once. A stale running job is re-queued (status `queued` + a status event, the message sent after
+the commit) and its next worker resumes it from its last checkpoint; past `max_infra_retries`
+re-queues it is failed instead. A queued job whose message was lost (broker down at submit, or a
+filesystem-broker message taken by a worker that died before claiming it) is re-sent when the
+broker's queue is empty.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass, field
+from datetime import timedelta
+
+from sqlalchemy import select, update
+
+from service.db.models import Job, utcnow
+from service.db.session import session_scope
+from service.settings import Settings
+from worker import lease
+
+log = logging.getLogger(__name__)
+
+# A queued job untouched for this many stale periods, with an empty broker queue, is re-sent.
+LOST_MESSAGE_PERIODS = 4
+
+
+@dataclass
+class ReapResult:
+    requeued: list[str] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)
+    cancelled: list[str] = field(default_factory=list)
+    resent: list[str] = field(default_factory=list)
+
+
+def reap_once(settings: Settings, *, enqueue=None) -> ReapResult:
+    """One pass. `enqueue(job_id)` sends the task (default: service.enqueue.enqueue_job)."""
+    if enqueue is None:
+        from service.enqueue import enqueue_job as enqueue
+    out = ReapResult()
+    url = settings.database_url
+    cutoff = lease.stale_before(settings.stale_after_s)
+    with session_scope(url) as session:
+        stale = session.execute(
+            select(Job.id, Job.attempts, Job.cancel_requested, Job.worker_id).where(
+                Job.status == "running",
+                (Job.heartbeat_at.is_(None)) | (Job.heartbeat_at < cutoff),
+            )
+        ).all()
+    for job_id, attempts, cancel, worker_id in stale:
+        with session_scope(url) as session:
+            event = {"reason": "worker lost", "worker": worker_id, "attempts": attempts}
+            if cancel:
+                job = lease.release(
+                    session,
+                    job_id,
+                    None,
+                    "cancelled",
+                    stale_after_s=settings.stale_after_s,
+                    event={**event, "reason": "cancelled (worker lost)"},
+                )
+                bucket = out.cancelled
+            elif attempts > settings.max_infra_retries:
+                error = f"worker lost {attempts} times; giving up (max_infra_retries={settings.max_infra_retries})"
+                job = lease.release(
+                    session,
+                    job_id,
+                    None,
+                    "failed",
+                    stale_after_s=settings.stale_after_s,
+                    error=error,
+                    event={**event, "error": error},
+                )
+                bucket = out.failed
+            else:
+                job = lease.release(
+                    session,
+                    job_id,
+                    None,
+                    "queued",
+                    stale_after_s=settings.stale_after_s,
+                    event=event,
+                )
+                bucket = out.requeued
+        if job is None:
+            continue  # another reaper, or the worker itself, got there first
+        bucket.append(job_id)
+        log.warning("reaper: job %s (worker %s lost) -> %s", job_id, worker_id, job.status)
+        if job.status == "queued":
+            enqueue(job_id)  # after the commit
+    out.resent = _resend_lost(settings, enqueue)
+    return out
+
+
+def _resend_lost(settings: Settings, enqueue) -> list[str]:
+    cutoff = utcnow() - timedelta(seconds=settings.stale_after_s * LOST_MESSAGE_PERIODS)
+    with session_scope(settings.database_url) as session:
+        ids = session.scalars(
+            select(Job.id)
+            .where(Job.status == "queued", Job.updated_at < cutoff)
+            .order_by(Job.created_at)
+            .limit(100)
+        ).all()
+    if not ids or queue_depth() != 0:
+        return []
+    resent = []
+    for job_id in ids:
+        with session_scope(settings.database_url) as session:
+            result = session.execute(
+                update(Job)
+                .where(Job.id == job_id, Job.status == "queued", Job.updated_at < cutoff)
+                .values(updated_at=utcnow())
+                .execution_options(synchronize_session=False)
+            )
+            if result.rowcount != 1:
+                continue
+        enqueue(job_id)
+        resent.append(job_id)
+    if resent:
+        log.warning("reaper: re-sent %d queued job(s) whose message was lost", len(resent))
+    return resent
+
+
+def queue_depth() -> int | None:
+    """Messages waiting in the jobs queue (None when the broker cannot tell)."""
+    from worker.app import QUEUE, celery_app
+
+    try:
+        with celery_app.connection_for_write() as conn:
+            ok = conn.default_channel.queue_declare(queue=QUEUE, passive=True)
+            return int(ok.message_count)
+    except Exception:  # the broker is down or the queue is not declared yet
+        log.debug("queue depth unavailable", exc_info=True)
+        return None
+
+
+def run_reaper(settings: Settings, stop: threading.Event) -> None:
+    while not stop.wait(settings.reaper_interval_s):
+        try:
+            reap_once(settings)
+        except Exception:
+            log.exception("reaper pass failed; retrying in %ss", settings.reaper_interval_s)
+
+
+def start_reaper_thread(settings: Settings) -> threading.Event:
+    """Start the periodic reaper in a daemon thread; set the returned event to stop it."""
+    stop = threading.Event()
+    threading.Thread(
+        target=run_reaper, args=(settings, stop), name="celif-reaper", daemon=True
+    ).start()
+    return stop

@@ -1,0 +1,531 @@
+"""The training task `celif.run_job`.
+
+The task argument is the job id only; everything else is read from the database. This module is
+imported by the worker's main process, which must never initialise CUDA: torch and celif_core are
+imported inside the task body, i.e. in the pool child that runs the job.
+
+Guarantees (DESIGN.md §6), and where they live:
+- idempotent claim: `lease.claim` (conditional UPDATE, rowcount-checked); a duplicate or
+  re-delivered message for a job that is running under a live lease or is finished is a no-op;
+- resume: from the job's newest checkpoint row whose file is intact; metric events past that
+  step are deleted in the claim's transaction, so the re-run steps are not stored twice;
+- heartbeat + cancel: `_Heartbeat` thread refreshes the lease, polls `cancel_requested` and
+  flushes metric batches; `should_stop` reads an in-memory flag (checked every step);
+- a job's own error (TrainingError, bad data, bad spec) fails it with the reason, no retry;
+  anything else is infrastructure: re-queued up to `max_infra_retries`, then failed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import socket
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import delete, select
+
+from service.db.models import Checkpoint, Job, JobEvent
+from service.db.session import session_scope
+from service.events import append_event, append_metric_points, append_status_event
+from service.settings import Settings, get_settings
+from worker import lease
+from worker.app import TASK_NAME, celery_app
+
+log = logging.getLogger(__name__)
+
+
+class LeaseLost(Exception):
+    """This worker no longer holds the job (reaped after a stall, or cancelled by the API)."""
+
+
+def worker_identity() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+@celery_app.task(name=TASK_NAME, acks_late=True, reject_on_worker_lost=True, ignore_result=True)
+def run_job(job_id: str) -> str:
+    """Train one job; returns what happened (for logs only: state lives in the database)."""
+    return JobRunner(job_id, get_settings()).run()
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _metric_key(point: dict[str, Any]) -> str:
+    split = point.get("split")
+    return f"{split}_{point['name']}" if split else str(point["name"])
+
+
+def _jsonable(metrics: dict[str, Any] | None) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in (metrics or {}).items():
+        if isinstance(v, (int, float, str, bool)) or v is None:
+            out[k] = v
+        elif isinstance(v, (list, tuple)):
+            out[k] = [float(x) if isinstance(x, (int, float)) else x for x in v]
+        elif isinstance(v, dict):
+            out[k] = _jsonable(v)
+        else:
+            try:
+                out[k] = float(v)
+            except (TypeError, ValueError):
+                out[k] = str(v)
+    return out
+
+
+class JobRunner:
+    def __init__(self, job_id: str, settings: Settings):
+        self.job_id = job_id
+        self.settings = settings
+        self.url = settings.database_url
+        self.worker_id = worker_identity()
+        self.stop = threading.Event()
+        self.stop_reason: str | None = None  # "cancel" | "lease_lost"
+        self._buffer: list[dict[str, Any]] = []
+        self._buffer_lock = threading.Lock()
+        self._db_lock = threading.Lock()  # orders metric flushes and checkpoint registration
+        self._latest: dict[str, Any] = {}
+        self._step = 0
+        self._dirty = False
+        self._model = None
+        self._last_step_at: float | None = None
+        self.step_time: float | None = None  # seconds per training step (moving average)
+
+    def _backend(self) -> str | None:
+        return _describe(getattr(self._model, "backend_name", None))
+
+    # ------------------------------------------------------------------ lifecycle
+    def run(self) -> str:
+        claimed = self._claim()
+        if claimed is None:
+            return "skipped"
+        spec, resume = claimed
+        beat = _Heartbeat(self)
+        beat.start()
+        try:
+            outcome = self._train(spec, resume)
+        except LeaseLost:
+            log.warning("job %s: lease lost; another worker or the API owns it now", self.job_id)
+            return "lease_lost"
+        except Exception as exc:
+            if self.stop_reason == "lease_lost":
+                return "lease_lost"
+            return self._on_error(exc)
+        finally:
+            beat.stop()
+        return outcome
+
+    def _claim(self) -> tuple[dict[str, Any], Path | None] | None:
+        s = self.settings
+        with session_scope(self.url) as session:
+            job = lease.claim(session, self.job_id, self.worker_id, s.stale_after_s)
+            if job is None:
+                current = lease.load(session, self.job_id)
+                log.info(
+                    "job %s not claimed (%s); nothing to do",
+                    self.job_id,
+                    "gone" if current is None else current.status,
+                )
+                return None
+            if job.cancel_requested:
+                lease.release(
+                    session, job.id, self.worker_id, "cancelled", event={"reason": "cancelled"}
+                )
+                return None
+            if job.attempts > s.max_infra_retries + 1:
+                lease.release(
+                    session,
+                    job.id,
+                    self.worker_id,
+                    "failed",
+                    error=f"gave up after {job.attempts - 1} attempts (worker lost each time)",
+                    event={"error": "retries exhausted", "attempts": job.attempts - 1},
+                )
+                return None
+            resume = self._pick_checkpoint(session)
+            resume_step = resume[1] if resume else 0
+            # The stored series must have no duplicates: the steps after the checkpoint re-run.
+            session.execute(
+                delete(JobEvent).where(
+                    JobEvent.job_id == job.id,
+                    JobEvent.kind == "metric",
+                    JobEvent.step > resume_step,
+                )
+            )
+            if resume is None:
+                session.execute(
+                    delete(JobEvent).where(JobEvent.job_id == job.id, JobEvent.kind == "metric")
+                )
+            job.step = resume_step
+            self._step = resume_step
+            self._latest = dict(job.latest_metrics or {})
+            append_status_event(
+                session,
+                job,
+                "running",
+                worker=self.worker_id,
+                attempt=job.attempts,
+                resumed_from_step=resume_step if resume else None,
+            )
+            spec = dict(job.spec)
+        log.info("job %s claimed by %s (attempt %s)", self.job_id, self.worker_id, job.attempts)
+        return spec, (resume[0] if resume else None)
+
+    def _pick_checkpoint(self, session) -> tuple[Path, int] | None:
+        """The newest checkpoint whose file is intact; rows of broken ones are dropped."""
+        rows = session.scalars(
+            select(Checkpoint)
+            .where(Checkpoint.job_id == self.job_id)
+            .order_by(Checkpoint.step.desc())
+        ).all()
+        for row in rows:
+            path = Path(self.settings.storage_dir) / row.path
+            try:
+                if path.is_file() and _sha256(path) == row.sha256:
+                    return path, row.step
+            except OSError:
+                pass
+            log.warning(
+                "job %s: checkpoint %s (step %s) is missing or corrupt",
+                self.job_id,
+                row.id,
+                row.step,
+            )
+            session.delete(row)
+        return None
+
+    # ------------------------------------------------------------------ training
+    def _train(self, spec_dict: dict[str, Any], resume: Path | None) -> str:
+        # Heavy imports here, in the pool process: the worker's main process never touches CUDA.
+        from celif_core.spec import validate_spec
+        from celif_core.trainer import DataDirs, Trainer
+
+        spec = validate_spec(spec_dict, max_activation_bytes=self.settings.max_activation_bytes)
+        checkpoint_dir = Path(self.settings.storage_dir) / "checkpoints" / self.job_id
+        checkpoint_dir.mkdir(parents=True, exist_ok=True)
+        trainer = Trainer(
+            spec,
+            checkpoint_dir=checkpoint_dir,
+            callbacks=_Callbacks(self),
+            data_dirs=DataDirs(mnist=self.settings.mnist_dir, datasets=self.settings.datasets_dir),
+        )
+        trainer.setup(resume_from=resume)
+        self._model = trainer.model  # its backend_name is known after the first step
+        info = {"device": _describe(getattr(trainer, "device", None))}
+        with self._db_lock, session_scope(self.url) as session:
+            if not lease.heartbeat(session, self.job_id, self.worker_id, **info):
+                raise LeaseLost()
+        result = trainer.train()
+        self._flush(final=True)
+        return self._finish(result, trainer)
+
+    def _finish(self, result, trainer) -> str:
+        if self.stop_reason == "lease_lost":
+            raise LeaseLost()
+        metrics = _jsonable(getattr(result, "metrics", None))
+        latest = {**self._latest, **metrics}
+        telemetry = _jsonable(getattr(result, "telemetry", None) or {})
+        values: dict[str, Any] = {"step": int(result.step), "latest_metrics": latest}
+        backend = getattr(result, "backend", None) or self._backend()
+        if backend:
+            values["backend"] = _describe(backend)
+        if telemetry:
+            values["telemetry"] = telemetry
+        if result.status == "completed":
+            status, event = "succeeded", {"step": int(result.step)}
+        elif self.stop_reason == "cancel":
+            status, event = "cancelled", {"step": int(result.step), "reason": "cancelled"}
+        else:  # stopped without a reason we know: treat as infrastructure (re-queue)
+            raise RuntimeError("training stopped unexpectedly")
+        with self._db_lock, session_scope(self.url) as session:
+            job = lease.release(session, self.job_id, self.worker_id, status, event=event, **values)
+            if job is None:
+                raise LeaseLost()
+        log.info("job %s %s at step %s", self.job_id, status, result.step)
+        return status
+
+    def _on_error(self, exc: Exception) -> str:
+        from celif_core.errors import DataError, TrainingError
+        from celif_core.spec import SpecError
+
+        job_error = isinstance(exc, (TrainingError, DataError, SpecError))
+        s = self.settings
+        try:
+            self._flush(final=True)
+        except Exception:
+            log.exception("job %s: could not flush metrics after an error", self.job_id)
+        try:
+            with session_scope(self.url) as session:
+                current = lease.load(session, self.job_id)
+                if current is None or current.worker_id != self.worker_id:
+                    return "lease_lost"
+                if job_error:
+                    log.warning("job %s failed: %s", self.job_id, exc)
+                    lease.release(
+                        session,
+                        self.job_id,
+                        self.worker_id,
+                        "failed",
+                        error=str(exc),
+                        event={"error": str(exc), "kind": type(exc).__name__},
+                    )
+                    return "failed"
+                log.exception(
+                    "job %s: infrastructure error (attempt %s)", self.job_id, current.attempts
+                )
+                reason = f"{type(exc).__name__}: {exc}"
+                if current.attempts > s.max_infra_retries:
+                    lease.release(
+                        session,
+                        self.job_id,
+                        self.worker_id,
+                        "failed",
+                        error=f"infrastructure error after {current.attempts} attempts: {reason}",
+                        event={"error": reason, "attempts": current.attempts},
+                    )
+                    return "failed"
+                lease.release(
+                    session,
+                    self.job_id,
+                    self.worker_id,
+                    "queued",
+                    event={"reason": "infrastructure error, retrying", "error": reason},
+                )
+        except Exception:
+            # The database itself is unreachable: leave the lease to go stale; the reaper
+            # re-queues (or fails) the job once the database answers again.
+            log.exception(
+                "job %s: could not record the error; leaving it to the reaper", self.job_id
+            )
+            raise
+        from service.enqueue import enqueue_job
+
+        enqueue_job(self.job_id)  # after the commit: the row is `queued` before its message
+        return "requeued"
+
+    # ------------------------------------------------------------------ reporting
+    def add_points(self, points: list[dict[str, Any]]) -> None:
+        with self._buffer_lock:
+            self._buffer.extend(points)
+            for p in points:
+                if p.get("value") is not None:
+                    self._latest[_metric_key(p)] = float(p["value"])
+            self._dirty = True
+
+    def set_step(self, step: int) -> None:
+        now = time.monotonic()
+        if self._last_step_at is not None:  # moving average of the step time
+            dt = now - self._last_step_at
+            self.step_time = dt if self.step_time is None else 0.8 * self.step_time + 0.2 * dt
+        self._last_step_at = now
+        self._step = int(step)
+        self._dirty = True
+
+    def _take(self) -> list[dict[str, Any]]:
+        with self._buffer_lock:
+            points, self._buffer = self._buffer, []
+            self._dirty = False
+            return points
+
+    def _restore(self, points: list[dict[str, Any]]) -> None:
+        with self._buffer_lock:
+            self._buffer[:0] = points
+            self._dirty = True
+
+    def _flush(self, *, final: bool = False) -> bool:
+        """Write buffered metric points + progress and refresh the lease; False if lease lost."""
+        with self._db_lock:
+            points = self._take()
+            try:
+                with session_scope(self.url) as session:
+                    ok = lease.heartbeat(
+                        session,
+                        self.job_id,
+                        self.worker_id,
+                        step=self._step,
+                        latest_metrics=dict(self._latest),
+                    )
+                    if not ok:
+                        session.rollback()
+                        return False
+                    append_metric_points(session, self.job_id, points)
+            except Exception:
+                self._restore(points)
+                raise
+        return True
+
+    def register_checkpoint(self, info) -> None:
+        """Record a checkpoint (with every metric point up to its step, in one transaction) and
+        apply retention: keep the newest `checkpoint_keep_last` plus the best one."""
+        s = self.settings
+        storage = Path(s.storage_dir).resolve()
+        path = Path(info.path).resolve()
+        rel = path.relative_to(storage).as_posix()
+        metrics = _jsonable(getattr(info, "metrics", None))
+        is_best = bool(getattr(info, "is_best", False))
+        step = int(info.step)
+        doomed: list[Path] = []
+        with self._db_lock:
+            points = self._take()
+            try:
+                with session_scope(self.url) as session:
+                    values: dict[str, Any] = {"step": step, "latest_metrics": dict(self._latest)}
+                    if self._backend():
+                        values["backend"] = self._backend()
+                    if is_best:
+                        values["best_metrics"] = {**metrics, "step": step}
+                    if not lease.heartbeat(session, self.job_id, self.worker_id, **values):
+                        session.rollback()
+                        self.stop_reason = "lease_lost"
+                        self.stop.set()
+                        raise LeaseLost()
+                    append_metric_points(session, self.job_id, points)
+                    rows = session.scalars(
+                        select(Checkpoint).where(Checkpoint.job_id == self.job_id)
+                    ).all()
+                    for row in rows:
+                        if row.step == step:  # re-written after a resume: replace the row
+                            session.delete(row)
+                        elif is_best and row.is_best:
+                            row.is_best = False
+                    session.flush()
+                    row = Checkpoint(
+                        job_id=self.job_id,
+                        step=step,
+                        path=rel,
+                        size=int(info.size),
+                        sha256=str(info.sha256),
+                        metrics=metrics,
+                        is_best=is_best,
+                    )
+                    session.add(row)
+                    session.flush()
+                    append_event(
+                        session,
+                        self.job_id,
+                        "checkpoint",
+                        {"id": row.id, "step": step, "metrics": metrics, "is_best": is_best},
+                    )
+                    doomed = self._retention(session, rel)
+            except LeaseLost:
+                raise
+            except Exception:
+                self._restore(points)
+                raise
+        for f in doomed:
+            try:
+                f.unlink(missing_ok=True)
+            except OSError:
+                log.warning("job %s: could not delete old checkpoint %s", self.job_id, f)
+
+    def _retention(self, session, keep_path: str) -> list[Path]:
+        s = self.settings
+        rows = session.scalars(
+            select(Checkpoint)
+            .where(Checkpoint.job_id == self.job_id)
+            .order_by(Checkpoint.step.desc())
+        ).all()
+        keep = {r.id for r in rows[: s.checkpoint_keep_last]}
+        if s.checkpoint_keep_best:
+            keep |= {r.id for r in rows if r.is_best}
+        kept_paths = {r.path for r in rows if r.id in keep} | {keep_path}
+        doomed = []
+        for r in rows:
+            if r.id not in keep:
+                session.delete(r)
+                if r.path not in kept_paths:  # a trainer may reuse a file name (e.g. best.st)
+                    doomed.append(Path(s.storage_dir) / r.path)
+        return doomed
+
+
+def _describe(value: Any) -> str | None:
+    if value is None:
+        return None
+    return str(value)[:40]
+
+
+class _Callbacks:
+    """What the trainer calls. Cheap on the training thread: appends to a buffer and reads a
+    flag; database writes happen in the heartbeat thread (and at checkpoints and the end)."""
+
+    def __init__(self, runner: JobRunner):
+        self.runner = runner
+
+    def on_metrics(self, points) -> None:
+        self.runner.add_points([dict(p) for p in points])
+
+    def on_step(self, step: int, max_steps: int) -> None:
+        self.runner.set_step(step)
+
+    def on_checkpoint(self, info) -> None:
+        self.runner.register_checkpoint(info)
+
+    def should_stop(self) -> bool:
+        return self.runner.stop.is_set()
+
+
+MIN_POLL_S = 0.02
+
+
+class _Heartbeat:
+    """Refreshes the lease every `heartbeat_interval_s`, polls `cancel_requested` every
+    `cancel_poll_interval_s`, and flushes metric batches every `metrics_flush_interval_s`."""
+
+    def __init__(self, runner: JobRunner):
+        self.runner = runner
+        self._done = threading.Event()
+        self._thread = threading.Thread(
+            target=self._loop, name=f"heartbeat-{runner.job_id}", daemon=True
+        )
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._done.set()
+        self._thread.join(timeout=10)
+
+    def _loop(self) -> None:
+        r, s = self.runner, self.runner.settings
+        base = min(s.cancel_poll_interval_s, s.heartbeat_interval_s, s.metrics_flush_interval_s)
+        last_beat = last_flush = time.monotonic()
+        # Cancellation is seen within one step: poll at least once per training step (never
+        # more often than MIN_POLL_S: one indexed single-row SELECT each time).
+        while not self._done.wait(max(MIN_POLL_S, min(base, r.step_time or base))):
+            now = time.monotonic()
+            try:
+                self._poll_cancel()
+                due_flush = now - last_flush >= s.metrics_flush_interval_s and r._dirty
+                due_beat = now - last_beat >= s.heartbeat_interval_s
+                if due_flush or due_beat:
+                    if not r._flush():
+                        r.stop_reason = "lease_lost"
+                        r.stop.set()
+                        return
+                    last_beat = last_flush = now
+            except Exception:
+                # DB hiccup: keep training and retry; if it lasts past stale_after_s the reaper
+                # takes the job and our next heartbeat finds the lease lost.
+                log.exception("job %s: heartbeat failed", r.job_id)
+
+    def _poll_cancel(self) -> None:
+        r = self.runner
+        with session_scope(r.url) as session:
+            row = session.execute(
+                select(Job.cancel_requested, Job.status, Job.worker_id).where(Job.id == r.job_id)
+            ).first()
+        if row is None or row.status != "running" or row.worker_id != r.worker_id:
+            r.stop_reason = "lease_lost"  # deleted, cancelled by the API, or reaped
+            r.stop.set()
+        elif row.cancel_requested and r.stop_reason is None:
+            r.stop_reason = "cancel"
+            r.stop.set()
