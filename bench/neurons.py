@@ -9,7 +9,9 @@ is clean; all configs run in the same invocation so their times are comparable.
     python bench/neurons.py --batch 64 --steps 5 --configs gemm celif-fused
 
 Columns: median step time, ratio to the GEMM-only bound (the same network with every neuron
-replaced by the identity), peak RSS growth during the steps.
+replaced by the identity), peak RSS growth over the warm-up and timed steps (process baseline
+taken after imports, model and data), and the exact bytes autograd keeps between forward and
+backward (saved tensors, unique storages, input excluded).
 """
 
 from __future__ import annotations
@@ -134,16 +136,33 @@ def worker(kind: str, batch: int, steps: int, warmup: int, T: int, threads: int)
             reset(net)
         return time.perf_counter() - t0
 
-    step()  # first step outside the memory baseline: Adam state, kernel load
+    # exact bytes autograd keeps between forward and backward (unique storages), all layers
+    seen: dict[int, int] = {}
+
+    def pack(t):
+        st = t.untyped_storage()
+        seen[st.data_ptr()] = st.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        loss = torch.nn.functional.cross_entropy(net(x), y)
+    saved_mb = (sum(seen.values()) - x.untyped_storage().nbytes()) / 2**20
+    del loss
+    if reset is not None:
+        reset(net)
+
+    # peak RSS growth over the whole run from here (ru_maxrss is KiB on Linux); the baseline
+    # holds torch, the model, the data and the loaded kernel, so this is what training adds
     rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    for _ in range(max(0, warmup - 1)):
+    for _ in range(warmup):
         step()
     times = [step() for _ in range(steps)]
     rss1 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return {
         "median_s": statistics.median(times),
         "times": times,
-        "peak_mb": (rss1 - rss0) / 1024.0,  # ru_maxrss is KiB on Linux
+        "peak_mb": (rss1 - rss0) / 1024.0,
+        "saved_mb": saved_mb,
     }
 
 
@@ -203,18 +222,18 @@ def main() -> None:
             if kind == "gemm":
                 gemm = res["median_s"]
             ratio = res["median_s"] / gemm if gemm else float("nan")
-            rows.append((batch, kind, res["median_s"], ratio, res["peak_mb"]))
+            rows.append((batch, kind, res["median_s"], ratio, res["peak_mb"], res["saved_mb"]))
             print(
                 f"  B={batch:<4} {kind:<22} {res['median_s']:.3f} s  x{ratio:.2f}  "
-                f"{res['peak_mb']:.0f} MB",
+                f"peak +{res['peak_mb']:.0f} MB  saved {res['saved_mb']:.0f} MB",
                 file=sys.stderr,
                 flush=True,
             )
     print()
-    print("| B | config | step time (s) | x GEMM-only | peak memory (MB) |")
-    print("| ---: | --- | ---: | ---: | ---: |")
-    for batch, kind, t, ratio, mb in rows:
-        print(f"| {batch} | {CONFIGS[kind]} | {t:.3f} | {ratio:.2f} | {mb:.0f} |")
+    print("| B | config | step time (s) | x GEMM-only | peak RSS growth (MB) | saved for backward (MB) |")
+    print("| ---: | --- | ---: | ---: | ---: | ---: |")
+    for batch, kind, t, ratio, mb, saved in rows:
+        print(f"| {batch} | {CONFIGS[kind]} | {t:.3f} | {ratio:.2f} | {mb:.0f} | {saved:.0f} |")
 
 
 if __name__ == "__main__":

@@ -92,7 +92,9 @@ def encode(
         meta["optimizer"] = opt_meta
     for name, value in (rng or {}).items():
         tensors[f"rng.{name}"] = value.detach().cpu().clone().contiguous()
-    return st_save(tensors, metadata={METADATA_KEY: json.dumps(meta), "format": "pt"})
+    # one metadata key only: safetensors orders the header map by hash, and a single key keeps
+    # the file bytes (and sha256) identical for identical runs
+    return st_save(tensors, metadata={METADATA_KEY: json.dumps(meta)})
 
 
 def write_atomic(path: str | os.PathLike, payload: bytes) -> tuple[int, str]:

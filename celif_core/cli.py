@@ -29,7 +29,11 @@ def build_parser() -> argparse.ArgumentParser:
         prog="celif train",
         description="Train a CE-LIF (or baseline) network on a task, locally.",
     )
-    p.add_argument("--spec", type=Path, help="a JSON job spec; flags given too override its fields")
+    p.add_argument(
+        "--spec",
+        type=Path,
+        help="a JSON job spec (default with --resume: the checkpoint's); flags override its fields",
+    )
     t = p.add_argument_group("task")
     t.add_argument("--task", choices=TASKS, help="task name (default: adding)")
     t.add_argument("--seq-len", type=int, help="adding: sequence length T")
@@ -41,7 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
     m = p.add_argument_group("model")
     m.add_argument("--neuron", choices=NEURONS, help="neuron model (default: celif)")
     m.add_argument("--architecture", choices=("feedforward", "recurrent"))
-    m.add_argument("--hidden", type=int, nargs="+", help="hidden layer widths, e.g. --hidden 64 256 256")
+    m.add_argument(
+        "--hidden", type=int, nargs="+", help="hidden layer widths, e.g. --hidden 64 256 256"
+    )
     m.add_argument("--ce-mode", choices=CE_MODES, help="celif: contextual embedding variant")
     m.add_argument("--alpha", type=float)
     m.add_argument("--rho", type=float)
@@ -49,7 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--beta", type=float, help="alif: threshold adaptation strength")
     m.add_argument("--surrogate-width", type=float)
     m.add_argument("--te-init-std", type=float)
-    m.add_argument("--te-per-layer", action="store_true", help="one TE table per layer (te_shared=false)")
+    m.add_argument(
+        "--te-per-layer", action="store_true", help="one TE table per layer (te_shared=false)"
+    )
     m.add_argument("--te-length", type=int)
     tr = p.add_argument_group("training")
     tr.add_argument("--max-steps", type=int)
@@ -68,10 +76,22 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--memory", choices=("auto", "store", "recompute"))
     tr.add_argument("--bptt-chunk", type=int, help="truncated BPTT window in steps")
     io = p.add_argument_group("files")
-    io.add_argument("--out", type=Path, default=Path("runs/celif"), help="checkpoint directory (default: runs/celif)")
+    io.add_argument(
+        "--out",
+        type=Path,
+        default=Path("runs/celif"),
+        help="checkpoint directory (default: runs/celif)",
+    )
     io.add_argument("--resume", type=Path, help="resume from this checkpoint file")
-    io.add_argument("--mnist-dir", type=Path, default=None, help="directory of the MNIST IDX .gz files (default: $CELIF_MNIST_DIR)")
-    io.add_argument("--datasets-dir", type=Path, default=None, help="directory of uploaded <id>.npz datasets")
+    io.add_argument(
+        "--mnist-dir",
+        type=Path,
+        default=None,
+        help="directory of the MNIST IDX .gz files (default: $CELIF_MNIST_DIR)",
+    )
+    io.add_argument(
+        "--datasets-dir", type=Path, default=None, help="directory of uploaded <id>.npz datasets"
+    )
     io.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
 
@@ -80,6 +100,10 @@ def spec_from_args(args: argparse.Namespace) -> dict[str, Any]:
     spec: dict[str, Any] = {}
     if args.spec is not None:
         spec = json.loads(args.spec.read_text())
+    elif args.resume is not None:  # continue the checkpoint's own job; flags override it
+        from celif_core.checkpoint import read_metadata
+
+        spec = read_metadata(args.resume)["spec"]
     task = spec.setdefault("task", {"name": "adding"})
     if args.task is not None and args.task != task.get("name"):
         task.clear()
@@ -124,7 +148,9 @@ class _Progress:
     def __init__(self, total: int, enabled: bool, initial: int = 0):
         from tqdm import tqdm
 
-        self.bar = tqdm(total=total, initial=initial, disable=not enabled, unit="step", dynamic_ncols=True)
+        self.bar = tqdm(
+            total=total, initial=initial, disable=not enabled, unit="step", dynamic_ncols=True
+        )
         self.postfix: dict[str, str] = {}
 
     def on_metrics(self, points: list[dict[str, Any]]) -> None:
@@ -138,7 +164,11 @@ class _Progress:
         self.bar.update(step - self.bar.n)
 
     def on_checkpoint(self, info: Any) -> None:
-        self.bar.write(f"checkpoint step {info.step}: {info.path} ({'best' if info.is_best else ''})".rstrip(" ()"))
+        self.bar.write(
+            f"checkpoint step {info.step}: {info.path} ({'best' if info.is_best else ''})".rstrip(
+                " ()"
+            )
+        )
 
     def close(self) -> None:
         self.bar.close()
@@ -165,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
     except SpecError as exc:
         print(f"celif train: error: invalid spec: {exc}", file=sys.stderr)
         return 2
-    except (OSError, json.JSONDecodeError, DataError) as exc:
+    except (OSError, json.JSONDecodeError, DataError, ValueError) as exc:
         print(f"celif train: error: {exc}", file=sys.stderr)
         return 2
 
@@ -199,11 +229,15 @@ def main(argv: list[str] | None = None) -> int:
     task = trainer.task
     metric = task.primary_metric
     test = result.metrics.get(f"test_{metric}")
-    print(f"task {spec.task.name}, neuron {spec.model.neuron}, {result.step} steps, backend {result.backend}")
+    print(
+        f"task {spec.task.name}, neuron {spec.model.neuron}, {result.step} steps, backend {result.backend}"
+    )
     if task.baseline is not None:
         print(f"baseline {task.baseline_metric}: {task.baseline:.4f}")
     if result.best is not None:
-        print(f"best val {result.best['metric']}: {result.best['value']:.4f} at step {result.best['step']}")
+        print(
+            f"best val {result.best['metric']}: {result.best['value']:.4f} at step {result.best['step']}"
+        )
     if result.telemetry:
         rates = ", ".join(f"{r:.3f}" for r in result.telemetry["firing_rates"])
         print(f"firing rates [{rates}], energy {result.telemetry['energy_nj']:.2f} nJ per sequence")

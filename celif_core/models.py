@@ -57,7 +57,11 @@ class StreamState:
             if isinstance(x, torch.Tensor):
                 return x.detach()
             if isinstance(x, tuple):
-                return type(x)(*(_d(v) for v in x)) if hasattr(x, "_fields") else tuple(_d(v) for v in x)
+                return (
+                    type(x)(*(_d(v) for v in x))
+                    if hasattr(x, "_fields")
+                    else tuple(_d(v) for v in x)
+                )
             return x
 
         return StreamState(
@@ -89,7 +93,9 @@ class CelifNetwork(nn.Module):
         self.te_length = spec.te_length
         self.backend = backend if backend != "auto" else spec.training.backend
         if self.backend not in ("auto", "fused", "reference"):
-            raise ValueError(f"backend must be 'auto', 'fused' or 'reference', got {self.backend!r}")
+            raise ValueError(
+                f"backend must be 'auto', 'fused' or 'reference', got {self.backend!r}"
+            )
         self.memory = spec.training.memory
         self.backend_name: str | None = None  # which scan implementation actually ran last
 
@@ -159,7 +165,8 @@ class CelifNetwork(nn.Module):
         ref = self.readout.weight
         if self.neuron == "lstm":
             layers = [
-                (ref.new_zeros(1, batch_size, n), ref.new_zeros(1, batch_size, n)) for n in self.hidden
+                (ref.new_zeros(1, batch_size, n), ref.new_zeros(1, batch_size, n))
+                for n in self.hidden
             ]
         else:
             layers = []
@@ -170,7 +177,9 @@ class CelifNetwork(nn.Module):
 
     def _check_input(self, x: Any, what: str = "x") -> torch.Tensor:
         if not isinstance(x, torch.Tensor):
-            raise ValueError(f"{what} must be a tensor of shape [B, T, F] with F={self.input_size}, got {type(x).__name__}")
+            raise ValueError(
+                f"{what} must be a tensor of shape [B, T, F] with F={self.input_size}, got {type(x).__name__}"
+            )
         if x.dim() != 3 or x.shape[2] != self.input_size or x.shape[0] < 1 or x.shape[1] < 1:
             raise ValueError(
                 f"{what} must have shape [B, T, F] with F={self.input_size} (batch-first), "
@@ -220,7 +229,9 @@ class CelifNetwork(nn.Module):
             new_states.append(st_new)
             if record:
                 layer_spikes.append(h)
-        self.backend_name = "fused" if used == {"fused"} else ("reference" if used == {"reference"} else "mixed")
+        self.backend_name = (
+            "fused" if used == {"fused"} else ("reference" if used == {"reference"} else "mixed")
+        )
         return h, new_states, layer_spikes
 
     def _recurrent_scan(
@@ -242,7 +253,9 @@ class CelifNetwork(nn.Module):
             spikes.append(s)
         return torch.stack(spikes), NeuronState(*(v.detach() for v in st))
 
-    def _readout(self, h: torch.Tensor, state: StreamState) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def _readout(
+        self, h: torch.Tensor, state: StreamState
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Readout of a chunk ``h [T, B, N]`` given the state before it."""
         if self.kind == "classification":
             total = state.spike_sum + h.sum(0)  # (B, N)
@@ -253,7 +266,9 @@ class CelifNetwork(nn.Module):
         y = self.readout(h.reshape(steps * batch, -1)).reshape(steps, batch, -1)
         return y.transpose(0, 1), None  # (B, T, out)
 
-    def forward_chunk(self, x_chunk: torch.Tensor, state: StreamState) -> tuple[torch.Tensor, StreamState]:
+    def forward_chunk(
+        self, x_chunk: torch.Tensor, state: StreamState
+    ) -> tuple[torch.Tensor, StreamState]:
         """Feed ``x_chunk [B, Tc, F]``; returns (prediction so far, new state).
 
         Classification: the mean-over-time readout of every step seen so far; regression: the
@@ -265,17 +280,22 @@ class CelifNetwork(nn.Module):
         state = state.detach()
         h, layers, _ = self._hidden_pass(x.transpose(0, 1), state, record=False)
         out, total = self._readout(h, state)
-        new = StreamState(layers, state.t + x.shape[1], total if total is not None else state.spike_sum)
+        new = StreamState(
+            layers, state.t + x.shape[1], total if total is not None else state.spike_sum
+        )
         return out, new
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``x [B, T, F]`` -> ``[B, out]`` (classification, regression) or ``[B, T, out]``."""
-        return self.run(x).output
+        x = self._check_input(x)
+        state = self.initial_state(x.shape[0])
+        h, _, _ = self._hidden_pass(x.transpose(0, 1), state, record=False)
+        return self._readout(h, state)[0]
 
     def run(self, x: torch.Tensor, record_spikes: bool | int = False) -> ModelOutput:
         """Forward pass plus telemetry. ``record_spikes``: False (none), True (every sequence) or
         an int k (the first k sequences of the batch); spikes come back as ``[B, T, N]`` per layer,
-        detached."""
+        detached. ``firing_rates``: mean spikes per neuron per step of each hidden layer."""
         x = self._check_input(x)
         state = self.initial_state(x.shape[0])
         need_spikes = self.neuron != "lstm"

@@ -48,7 +48,9 @@ def energy_estimate(
         acs = 0.0
     else:
         if len(firing_rates) != len(hidden):
-            raise ValueError(f"need one firing rate per hidden layer ({len(hidden)}), got {len(firing_rates)}")
+            raise ValueError(
+                f"need one firing rate per hidden layer ({len(hidden)}), got {len(firing_rates)}"
+            )
         macs = t * input_size * hidden[0]
         fan_out = [*hidden[1:], output_size]
         acs = t * sum(r * n * m for r, n, m in zip(firing_rates, hidden, fan_out, strict=True))
@@ -64,7 +66,9 @@ def energy_estimate(
 
 
 @torch.no_grad()
-def spike_telemetry(model: Any, batches: Iterable[tuple[torch.Tensor, Any]], *, max_batches: int | None = None) -> dict[str, Any]:
+def spike_telemetry(
+    model: Any, batches: Iterable[tuple[torch.Tensor, Any]], *, max_batches: int | None = None
+) -> dict[str, Any]:
     """Firing rates per layer (averaged over the given eval batches, weighted by batch size) and
     the energy estimate per sequence."""
     was_training = model.training
@@ -80,7 +84,11 @@ def spike_telemetry(model: Any, batches: Iterable[tuple[torch.Tensor, Any]], *, 
             b = x.shape[0]
             seq_len = x.shape[1]
             rates = out.firing_rates
-            sums = [r * b for r in rates] if sums is None else [s + r * b for s, r in zip(sums, rates, strict=True)]
+            sums = (
+                [r * b for r in rates]
+                if sums is None
+                else [s + r * b for s, r in zip(sums, rates, strict=True)]
+            )
             count += b
     finally:
         model.train(was_training)
@@ -98,7 +106,8 @@ def spike_telemetry(model: Any, batches: Iterable[tuple[torch.Tensor, Any]], *, 
     return {
         "firing_rates": rates,
         "mean_firing_rate": (
-            sum(r * n for r, n in zip(rates, spec.model.hidden, strict=True)) / sum(spec.model.hidden)
+            sum(r * n for r, n in zip(rates, spec.model.hidden, strict=True))
+            / sum(spec.model.hidden)
             if rates
             else None
         ),

@@ -141,7 +141,9 @@ class Trainer:
         elif tr.optimizer == "adamw":
             self.optimizer = torch.optim.AdamW(params, lr=tr.lr, weight_decay=tr.weight_decay)
         else:
-            self.optimizer = torch.optim.SGD(params, lr=tr.lr, momentum=0.9, weight_decay=tr.weight_decay)
+            self.optimizer = torch.optim.SGD(
+                params, lr=tr.lr, momentum=0.9, weight_decay=tr.weight_decay
+            )
         self.step = 0
         if resume_from is not None:
             self.load_checkpoint(resume_from)
@@ -236,8 +238,10 @@ class Trainer:
                 self.save_checkpoint()
         if status == "stopped":
             self._flush()
-            if self.checkpoint_on_stop and self.step > 0 and (
-                not self.checkpoints or self.checkpoints[-1].step != self.step
+            if (
+                self.checkpoint_on_stop
+                and self.step > 0
+                and (not self.checkpoints or self.checkpoints[-1].step != self.step)
             ):
                 self.save_checkpoint()
             return TrainResult(
@@ -266,7 +270,12 @@ class Trainer:
         self._flush()
         metric = self.task.primary_metric
         if _better(val[metric], None if self.best is None else self.best["value"], self.task.mode):
-            self.best = {"step": self.step, "metric": metric, "value": val[metric], "mode": self.task.mode}
+            self.best = {
+                "step": self.step,
+                "metric": metric,
+                "value": val[metric],
+                "mode": self.task.mode,
+            }
         return val
 
     def _result_metrics(self) -> dict[str, float]:
@@ -298,7 +307,11 @@ class Trainer:
                 sums = batch if sums is None else sums.merged(batch)
                 b = x.shape[0]
                 rates = [r * b for r in out.firing_rates]
-                rate_sums = rates if rate_sums is None else [a + r for a, r in zip(rate_sums, rates, strict=True)]
+                rate_sums = (
+                    rates
+                    if rate_sums is None
+                    else [a + r for a, r in zip(rate_sums, rates, strict=True)]
+                )
                 count += b
         finally:
             model.train(was_training)

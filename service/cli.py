@@ -124,8 +124,11 @@ class WorkerSupervisor:
 
     def _spawn(self) -> subprocess.Popen:
         cmd = [sys.executable, "-m", "service.cli", "worker", "--loglevel", self.loglevel]
-        # Own process group: a stop takes down the pool child too.
-        return subprocess.Popen(cmd, env=self.env, start_new_session=True)
+        # Own process group: a stop takes down the pool child too. If `celif serve` itself is
+        # killed, the kernel sends the worker SIGTERM (Linux), so no orphan keeps training.
+        return subprocess.Popen(
+            cmd, env=self.env, start_new_session=True, preexec_fn=_die_with_parent
+        )
 
     def start(self) -> None:
         self.proc = self._spawn()
@@ -156,6 +159,17 @@ class WorkerSupervisor:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
         except ProcessLookupError:
+            pass
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: ask for SIGTERM when the parent dies (Linux prctl)."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        try:
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+        except OSError:
             pass
 
 

@@ -29,7 +29,7 @@ from typing import Any
 from sqlalchemy import delete, select
 
 from service.db.models import Checkpoint, Job, JobEvent
-from service.db.session import session_scope
+from service.db.session import get_engine, session_scope
 from service.events import append_event, append_metric_points, append_status_event
 from service.settings import Settings, get_settings
 from worker import lease
@@ -483,6 +483,10 @@ class _Heartbeat:
     def __init__(self, runner: JobRunner):
         self.runner = runner
         self._done = threading.Event()
+        self._conn = None
+        self._poll = select(Job.cancel_requested, Job.status, Job.worker_id).where(
+            Job.id == runner.job_id
+        )
         self._thread = threading.Thread(
             target=self._loop, name=f"heartbeat-{runner.job_id}", daemon=True
         )
@@ -493,6 +497,7 @@ class _Heartbeat:
     def stop(self) -> None:
         self._done.set()
         self._thread.join(timeout=10)
+        self._close()
 
     def _loop(self) -> None:
         r, s = self.runner, self.runner.settings
@@ -518,14 +523,28 @@ class _Heartbeat:
                 log.exception("job %s: heartbeat failed", r.job_id)
 
     def _poll_cancel(self) -> None:
+        """One indexed single-row SELECT on a connection kept open in autocommit mode (no
+        session or transaction per poll: this runs up to once per training step)."""
         r = self.runner
-        with session_scope(r.url) as session:
-            row = session.execute(
-                select(Job.cancel_requested, Job.status, Job.worker_id).where(Job.id == r.job_id)
-            ).first()
+        if self._conn is None:
+            engine = get_engine(r.url)
+            self._conn = engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+        try:
+            row = self._conn.execute(self._poll).first()
+        except Exception:
+            self._close()
+            raise
         if row is None or row.status != "running" or row.worker_id != r.worker_id:
             r.stop_reason = "lease_lost"  # deleted, cancelled by the API, or reaped
             r.stop.set()
         elif row.cancel_requested and r.stop_reason is None:
             r.stop_reason = "cancel"
             r.stop.set()
+
+    def _close(self) -> None:
+        if self._conn is not None:
+            try:
+                self._conn.close()
+            except Exception:
+                log.debug("closing the poll connection failed", exc_info=True)
+            self._conn = None

@@ -44,7 +44,7 @@ inline int64_t chunk_begin(int64_t c, int64_t nchunks, int64_t B) { return (B * 
 // One thread's share of the forward: batch rows [b0, b1), all T steps. Every pointer and size
 // is a by-value parameter so the compiler knows stores cannot change them (values captured by
 // reference in a lambda are re-read after every store, which blocks vectorisation).
-template <typename scalar_t, int MODE>
+template <typename scalar_t, int MODE, bool SAVE>
 void forward_chunk(const scalar_t* __restrict__ cur,    // [T, B, N]
                    const scalar_t* __restrict__ te,     // [T, N] or nullptr
                    const scalar_t* __restrict__ alpha,  // [N]
@@ -74,6 +74,8 @@ void forward_chunk(const scalar_t* __restrict__ cur,    // [T, B, N]
     const scalar_t* __restrict__ te_row = uses_te(MODE) ? te + t * N : nullptr;
     const scalar_t* __restrict__ in = cur + base;
     scalar_t* __restrict__ out = spikes + base;
+    scalar_t* __restrict__ u_save = SAVE ? u_out + base : nullptr;
+    uint8_t* __restrict__ code_save = SAVE ? code_out + base : nullptr;
     for (int64_t r = 0; r < rows; ++r) {
       const int64_t o = r * N;
       for (int64_t n = 0; n < N; ++n) {
@@ -90,22 +92,18 @@ void forward_chunk(const scalar_t* __restrict__ cur,    // [T, B, N]
         const scalar_t v = un - theta;
         const scalar_t sn = v >= scalar_t(0) ? scalar_t(1) : scalar_t(0);
         out[o + n] = sn;
+        if constexpr (SAVE) {  // what backward needs: U, and S + surrogate window in one byte
+          u_save[o + n] = un;
+          code_save[o + n] = static_cast<uint8_t>(sn != scalar_t(0)) |
+                             static_cast<uint8_t>(static_cast<uint8_t>(std::abs(v) < half) << 1);
+        }
         pu[o + n] = un;
         ps[o + n] = sn;
         pe[o + n] = en;
       }
     }
-    // Optional outputs in their own sweeps so the hot loop above stays branch-free; the
+    // The theta trace (telemetry only) in its own sweep so the hot loop stays lean; the
     // chunk's state for step t is still in cache.
-    if (u_out != nullptr) std::copy(pu, pu + len, u_out + base);
-    if (code_out != nullptr) {
-      uint8_t* __restrict__ code = code_out + base;
-      for (int64_t i = 0; i < len; ++i) {
-        const scalar_t v = pu[i] - (theta0 + scale * pe[i]);
-        code[i] = static_cast<uint8_t>(ps[i] != scalar_t(0)) |
-                  static_cast<uint8_t>(static_cast<uint8_t>(std::abs(v) < half) << 1);
-      }
-    }
     if (theta_out != nullptr) {
       scalar_t* __restrict__ th = theta_out + base;
       for (int64_t i = 0; i < len; ++i) th[i] = theta0 + scale * pe[i];
@@ -125,9 +123,15 @@ void forward_kernel(const scalar_t* cur, const scalar_t* te, const scalar_t* alp
   const int64_t nchunks = num_chunks(B);
   at::parallel_for(0, nchunks, 1, [&](int64_t c_begin, int64_t c_end) {
     for (int64_t c = c_begin; c < c_end; ++c) {
-      forward_chunk<scalar_t, MODE>(cur, te, alpha, u0, s0, eta0, spikes, u_out, code_out,
-                                    theta_out, uT, sT, etaT, T, B, N, k,
-                                    chunk_begin(c, nchunks, B), chunk_begin(c + 1, nchunks, B));
+      const int64_t b0 = chunk_begin(c, nchunks, B), b1 = chunk_begin(c + 1, nchunks, B);
+      if (u_out != nullptr) {
+        forward_chunk<scalar_t, MODE, true>(cur, te, alpha, u0, s0, eta0, spikes, u_out,
+                                            code_out, theta_out, uT, sT, etaT, T, B, N, k, b0, b1);
+      } else {
+        forward_chunk<scalar_t, MODE, false>(cur, te, alpha, u0, s0, eta0, spikes, u_out,
+                                             code_out, theta_out, uT, sT, etaT, T, B, N, k, b0,
+                                             b1);
+      }
     }
   });
 }

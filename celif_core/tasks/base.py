@@ -59,7 +59,9 @@ class Task:
     train_size: int | None = None  # examples per epoch (None: a fresh stream, no epochs)
 
     # ------------------------------------------------------------------ data
-    def train_batch(self, step: int, batch_size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def train_batch(
+        self, step: int, batch_size: int, seed: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         raise NotImplementedError
 
     def eval_batches(

@@ -33,7 +33,9 @@ def read_npz(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
     try:
         with np.load(path, allow_pickle=False) as npz:
             if "x" not in npz or "y" not in npz:
-                raise DataError(f"{path}: an NPZ with arrays 'x' [N,T,F] and 'y' [N] or [N,T] is required, got {sorted(npz.files)}")
+                raise DataError(
+                    f"{path}: an NPZ with arrays 'x' [N,T,F] and 'y' [N] or [N,T] is required, got {sorted(npz.files)}"
+                )
             x, y = npz["x"], npz["y"]
     except FileNotFoundError as exc:
         raise DataError(f"dataset file {path} does not exist") from exc
@@ -43,7 +45,11 @@ def read_npz(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
         raise DataError(f"{path} is not a readable NPZ file: {exc}") from exc
     if x.ndim != 3:
         raise DataError(f"{path}: x must be [N, T, F], got shape {list(x.shape)}")
-    if y.ndim not in (1, 2) or y.shape[0] != x.shape[0] or (y.ndim == 2 and y.shape[1] != x.shape[1]):
+    if (
+        y.ndim not in (1, 2)
+        or y.shape[0] != x.shape[0]
+        or (y.ndim == 2 and y.shape[1] != x.shape[1])
+    ):
         raise DataError(
             f"{path}: y must be [N]={[x.shape[0]]} or [N, T]={[x.shape[0], x.shape[1]]}, "
             f"got shape {list(y.shape)}"
@@ -94,7 +100,9 @@ class DatasetTask(Task):
         seed: int = 0,
     ):
         if datasets_dir is None:
-            raise DataError("the dataset task needs a datasets directory (setting CELIF_STORAGE_DIR / --datasets-dir)")
+            raise DataError(
+                "the dataset task needs a datasets directory (setting CELIF_STORAGE_DIR / --datasets-dir)"
+            )
         x, y = read_npz(dataset_path(datasets_dir, dataset_id))
         if list(x.shape[1:]) != [seq_len, input_size]:
             raise DataError(
@@ -105,7 +113,9 @@ class DatasetTask(Task):
         self.seq_len, self.input_size, self.output_size = seq_len, input_size, output_size
         classes = kind in ("classification", "sequence")
         if classes and not np.issubdtype(y.dtype, np.integer):
-            raise DataError(f"dataset {dataset_id!r}: kind {kind!r} needs integer labels, got {y.dtype}")
+            raise DataError(
+                f"dataset {dataset_id!r}: kind {kind!r} needs integer labels, got {y.dtype}"
+            )
         if classes and (y.min() < 0 or y.max() >= output_size):
             raise DataError(f"dataset {dataset_id!r}: labels must lie in [0, {output_size})")
         self.primary_metric, self.mode = ("accuracy", "max") if classes else ("mse", "min")
@@ -130,7 +140,9 @@ class DatasetTask(Task):
             self.baseline_metric = "mse"
             self.baseline = float(((self._val[1] - self._train[1].mean()) ** 2).mean())
 
-    def train_batch(self, step: int, batch_size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def train_batch(
+        self, step: int, batch_size: int, seed: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         n = self.train_size
         start = step * batch_size
         idx: list[int] = []
@@ -141,7 +153,9 @@ class DatasetTask(Task):
         index = torch.tensor(idx)
         return self._train[0][index], self._train[1][index]
 
-    def eval_batches(self, split: str, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def eval_batches(
+        self, split: str, batch_size: int
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         if split == "val":
             x, y = self._val
         elif split == "test":

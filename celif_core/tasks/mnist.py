@@ -97,7 +97,9 @@ def load_mnist(
     for split in ("train", "test"):
         images, labels = out[f"{split}_images"], out[f"{split}_labels"]
         if images.ndim != 3 or images.shape[1:] != (28, 28) or images.shape[0] != labels.shape[0]:
-            raise DataError(f"MNIST {split} files have unexpected shapes {images.shape}, {labels.shape}")
+            raise DataError(
+                f"MNIST {split} files have unexpected shapes {images.shape}, {labels.shape}"
+            )
         out[f"{split}_images"] = images.reshape(images.shape[0], 784)
         out[f"{split}_labels"] = labels.astype(np.int64)
     return out
@@ -157,7 +159,9 @@ class MnistTask(Task):
             x = x[:, self.permutation]
         return x.unsqueeze(-1)
 
-    def train_batch(self, step: int, batch_size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def train_batch(
+        self, step: int, batch_size: int, seed: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         # Epoch e is a seeded shuffle of the training set; step k takes its slice of the
         # concatenated epochs, so the batch depends only on (seed, step).
         n = self.train_size
@@ -171,7 +175,9 @@ class MnistTask(Task):
         images, labels = self._train
         return self.to_sequence(images[index]), labels[index]
 
-    def eval_batches(self, split: str, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def eval_batches(
+        self, split: str, batch_size: int
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         if split == "val":
             images, labels = self._val
         elif split == "test":

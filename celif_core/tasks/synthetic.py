@@ -48,10 +48,14 @@ class AddingTask(Task):
         y = values[rows, first] + values[rows, second]  # [N]
         return x, y
 
-    def train_batch(self, step: int, batch_size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def train_batch(
+        self, step: int, batch_size: int, seed: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         return self.generate(batch_size, derived_generator(seed, "train", step))
 
-    def eval_batches(self, split: str, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def eval_batches(
+        self, split: str, batch_size: int
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         x, y = _pick(self, split)
         return split_batches(x, y, batch_size)
 
@@ -92,10 +96,14 @@ class CopyMemoryTask(Task):
         y[:, -k:] = keys
         return x, y
 
-    def train_batch(self, step: int, batch_size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def train_batch(
+        self, step: int, batch_size: int, seed: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         return self.generate(batch_size, derived_generator(seed, "train", step))
 
-    def eval_batches(self, split: str, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def eval_batches(
+        self, split: str, batch_size: int
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         x, y = _pick(self, split)
         return split_batches(x, y, batch_size)
 

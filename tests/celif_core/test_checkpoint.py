@@ -97,7 +97,9 @@ def test_atomic_write_keeps_the_old_file_on_failure(tmp_path, monkeypatch):
     ("task", "params", "neuron"),
     [("copy_memory", {"delay": 8}, "celif"), ("adding", {"seq_len": 25}, "plif")],
 )
-def test_load_model_rebuilds_from_metadata_and_reproduces_the_metric(tmp_path, task, params, neuron):
+def test_load_model_rebuilds_from_metadata_and_reproduces_the_metric(
+    tmp_path, task, params, neuron
+):
     spec = make_spec(task, neuron=neuron, hidden=[12, 10], training={"max_steps": 3}, **params)
     trainer, result, _ = _train(spec, tmp_path)
     model, loaded_spec, meta = load_model(result.checkpoints[-1].path)

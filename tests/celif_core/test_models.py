@@ -141,7 +141,11 @@ def test_te_only_for_te_modes():
 )
 def test_wrong_input_shape_names_the_expected_form(x):
     model = build_model(make_spec("adding", seq_len=20))
-    with pytest.raises(ValueError, match=r"\[B, T, F\] with F=2.*got shape " + str(list(x.shape)).replace("[", r"\[").replace("]", r"\]")):
+    with pytest.raises(
+        ValueError,
+        match=r"\[B, T, F\] with F=2.*got shape "
+        + str(list(x.shape)).replace("[", r"\[").replace("]", r"\]"),
+    ):
         model(x)
 
 

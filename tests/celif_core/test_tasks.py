@@ -40,7 +40,9 @@ def test_adding_generator():
     assert not torch.equal(task.train_batch(step=7, batch_size=16, seed=1)[0], x)
     # fixed validation/test sets from the task seed
     again = AddingTask(seq_len=30, val_size=50, test_size=40, seed=3)
-    assert torch.equal(next(task.eval_batches("val", 100))[0], next(again.eval_batches("val", 100))[0])
+    assert torch.equal(
+        next(task.eval_batches("val", 100))[0], next(again.eval_batches("val", 100))[0]
+    )
     assert sum(b[0].shape[0] for b in task.eval_batches("test", 16)) == 40
     assert task.baseline == pytest.approx(0.1667, abs=1e-3)
     assert (task.primary_metric, task.mode) == ("mse", "min")
@@ -95,8 +97,12 @@ def test_mnist_splits(mnist_dir):
 
 def test_ps_mnist_fixed_permutation(mnist_dir):
     seq = MnistTask("seq_mnist", mnist_dir, val_size=100, train_subset=10, seed=0)
-    ps1 = MnistTask("ps_mnist", mnist_dir, val_size=100, train_subset=10, seed=0, permutation_seed=5)
-    ps2 = MnistTask("ps_mnist", mnist_dir, val_size=100, train_subset=10, seed=0, permutation_seed=5)
+    ps1 = MnistTask(
+        "ps_mnist", mnist_dir, val_size=100, train_subset=10, seed=0, permutation_seed=5
+    )
+    ps2 = MnistTask(
+        "ps_mnist", mnist_dir, val_size=100, train_subset=10, seed=0, permutation_seed=5
+    )
     assert torch.equal(ps1.permutation, ps2.permutation)
     xs, _ = seq.train_batch(0, 4, 0)
     xp, _ = ps1.train_batch(0, 4, 0)

@@ -35,7 +35,11 @@ class Recorder:
         return self.stop_after is not None and len(self.steps) >= self.stop_after
 
     def series(self, split, name):
-        return [(p["step"], p["value"]) for p in self.points if p["split"] == split and p["name"] == name]
+        return [
+            (p["step"], p["value"])
+            for p in self.points
+            if p["split"] == split and p["name"] == name
+        ]
 
 
 def run(spec, tmp_path, callbacks=None):
@@ -46,7 +50,9 @@ def run(spec, tmp_path, callbacks=None):
 
 
 def test_metric_points_and_callbacks(tmp_path):
-    spec = make_spec("copy_memory", delay=5, training={"max_steps": 6, "eval_every": 2, "checkpoint_every": 3})
+    spec = make_spec(
+        "copy_memory", delay=5, training={"max_steps": 6, "eval_every": 2, "checkpoint_every": 3}
+    )
     trainer, result, rec = run(spec, tmp_path)
     assert result.status == "completed" and result.step == 6
     assert rec.steps == [(s, 6) for s in range(1, 7)]
@@ -60,9 +66,14 @@ def test_metric_points_and_callbacks(tmp_path):
     (baseline,) = rec.series("baseline", "loss")
     assert baseline == (0, pytest.approx(10 * math.log(8) / 25))
     assert [c.step for c in rec.checkpoints] == [3, 6]
-    assert [c.path.name for c in rec.checkpoints] == ["step_00000003.safetensors", "step_00000006.safetensors"]
+    assert [c.path.name for c in rec.checkpoints] == [
+        "step_00000003.safetensors",
+        "step_00000006.safetensors",
+    ]
     assert rec.checkpoints[0].is_best
-    assert {"train_loss", "val_loss", "val_accuracy", "test_loss", "test_accuracy"} <= set(result.metrics)
+    assert {"train_loss", "val_loss", "val_accuracy", "test_loss", "test_accuracy"} <= set(
+        result.metrics
+    )
     assert result.best["metric"] == "loss" and result.best["mode"] == "min"
     assert result.best["value"] == min(v for _, v in rec.series("val", "loss"))
     assert result.backend in ("fused", "reference")
@@ -76,7 +87,9 @@ def test_telemetry_in_result(tmp_path):
     r1, r2 = tel["firing_rates"]
     assert tel["mac_ops"] == 20 * 2 * 10
     assert tel["ac_ops"] == pytest.approx(20 * (r1 * 10 * 6 + r2 * 6 * 1))
-    assert tel["energy_nj"] == pytest.approx((tel["mac_ops"] * E_MAC_PJ + tel["ac_ops"] * E_AC_PJ) / 1000)
+    assert tel["energy_nj"] == pytest.approx(
+        (tel["mac_ops"] * E_MAC_PJ + tel["ac_ops"] * E_AC_PJ) / 1000
+    )
 
 
 def test_energy_estimate_forms():
@@ -109,7 +122,11 @@ def test_deterministic_training(tmp_path):
 
 
 def test_should_stop_is_checked_every_step(tmp_path):
-    spec = make_spec("adding", seq_len=15, training={"max_steps": 1000, "eval_every": 1000, "checkpoint_every": 1000})
+    spec = make_spec(
+        "adding",
+        seq_len=15,
+        training={"max_steps": 1000, "eval_every": 1000, "checkpoint_every": 1000},
+    )
     rec = Recorder(stop_after=3)
     trainer, result, _ = run(spec, tmp_path, callbacks=rec)
     assert result.status == "stopped" and result.step == 3
@@ -120,14 +137,18 @@ def test_should_stop_is_checked_every_step(tmp_path):
 
 def test_checkpoint_on_stop(tmp_path):
     spec = make_spec("adding", seq_len=15, training={"max_steps": 100, "checkpoint_every": 100})
-    trainer = Trainer(spec, checkpoint_dir=tmp_path, callbacks=Recorder(stop_after=2), checkpoint_on_stop=True)
+    trainer = Trainer(
+        spec, checkpoint_dir=tmp_path, callbacks=Recorder(stop_after=2), checkpoint_on_stop=True
+    )
     trainer.setup()
     result = trainer.train()
     assert [c.step for c in result.checkpoints] == [2]
 
 
 def test_nan_loss_raises_training_error_with_the_step(tmp_path):
-    spec = make_spec("adding", seq_len=15, training={"max_steps": 10, "eval_every": 100, "checkpoint_every": 100})
+    spec = make_spec(
+        "adding", seq_len=15, training={"max_steps": 10, "eval_every": 100, "checkpoint_every": 100}
+    )
     trainer = Trainer(spec, checkpoint_dir=tmp_path)
     trainer.setup()
     real_loss = trainer.task.loss
@@ -149,7 +170,9 @@ def test_truncated_bptt_keeps_the_forward_values(tmp_path):
     _, _, rec_full = run(full, tmp_path / "f")
     _, _, rec_chunk = run(chunked, tmp_path / "c")
     # same initial weights and batch: the loss of the first step is the same; only gradients differ
-    assert rec_chunk.series("train", "loss")[0][1] == pytest.approx(rec_full.series("train", "loss")[0][1], rel=1e-5)
+    assert rec_chunk.series("train", "loss")[0][1] == pytest.approx(
+        rec_full.series("train", "loss")[0][1], rel=1e-5
+    )
     cls = make_spec("adding", seq_len=30, training={"max_steps": 3, "bptt_chunk": 8})
     _, result, _ = run(cls, tmp_path / "a")
     assert result.status == "completed"
@@ -157,21 +180,39 @@ def test_truncated_bptt_keeps_the_forward_values(tmp_path):
 
 @pytest.mark.parametrize(
     ("neuron", "architecture"),
-    [("lif", "feedforward"), ("alif", "recurrent"), ("plif", "feedforward"), ("celif", "recurrent"), ("lstm", "feedforward")],
+    [
+        ("lif", "feedforward"),
+        ("alif", "recurrent"),
+        ("plif", "feedforward"),
+        ("celif", "recurrent"),
+        ("lstm", "feedforward"),
+    ],
 )
 def test_every_neuron_trains(tmp_path, neuron, architecture):
-    spec = make_spec("adding", seq_len=12, neuron=neuron, architecture=architecture, training={"max_steps": 3, "lr": 0.01})
+    spec = make_spec(
+        "adding",
+        seq_len=12,
+        neuron=neuron,
+        architecture=architecture,
+        training={"max_steps": 3, "lr": 0.01},
+    )
     trainer = Trainer(spec, checkpoint_dir=tmp_path)
     trainer.setup()
     before = [p.detach().clone() for p in trainer.model.parameters()]
     result = trainer.train()
     assert result.status == "completed"
-    changed = [not torch.equal(a, b) for a, b in zip(before, trainer.model.parameters(), strict=True)]
+    changed = [
+        not torch.equal(a, b) for a, b in zip(before, trainer.model.parameters(), strict=True)
+    ]
     assert all(changed)
 
 
 def test_cosine_schedule_and_optimizers(tmp_path):
-    spec = make_spec("adding", seq_len=12, training={"max_steps": 4, "lr_schedule": "cosine", "lr": 0.1, "optimizer": "sgd"})
+    spec = make_spec(
+        "adding",
+        seq_len=12,
+        training={"max_steps": 4, "lr_schedule": "cosine", "lr": 0.1, "optimizer": "sgd"},
+    )
     trainer = Trainer(spec, checkpoint_dir=tmp_path)
     trainer.setup()
     assert trainer._lr_at(0) == pytest.approx(0.1)

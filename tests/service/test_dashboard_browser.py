@@ -16,7 +16,7 @@ from selenium.webdriver.common.action_chains import ActionChains
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import Select, WebDriverWait
 
-from tests.service.fixtures_predict import REPO, EmbeddedServer, make_job
+from tests.service.predict_helpers import REPO, EmbeddedServer, make_job
 
 pytest_plugins = ["tests.service.fixtures_predict"]
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.service.fixtures_predict import UPLOAD_LIMIT, EmbeddedServer, wait_until
+from tests.service.predict_helpers import UPLOAD_LIMIT, EmbeddedServer, wait_until
 
 pytest_plugins = ["tests.service.fixtures_predict"]
 

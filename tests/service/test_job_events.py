@@ -8,6 +8,7 @@ import threading
 import time
 
 import httpx
+import pytest
 from sqlalchemy import select
 
 from service.db.models import Checkpoint, Job
@@ -278,3 +279,27 @@ def test_large_download_streams(client, db, settings):
         for chunk in r.iter_bytes():
             h.update(chunk)
         assert r.headers["x-checkpoint-sha256"] == h.hexdigest()
+
+
+def test_append_status_event_sets_status_and_timestamps(client, db):
+    job_id = submit(client)
+    set_status(db, job_id, "running", attempt=1)
+    with session_scope(db) as s:
+        job = s.get(Job, job_id)
+        assert job.status == "running" and job.started_at is not None and job.finished_at is None
+        started = job.started_at
+        with pytest.raises(ValueError, match="unknown job status"):
+            append_status_event(s, job, "exploded")
+    set_status(db, job_id, "running", attempt=2)  # a resumed job keeps its first start time
+    set_status(db, job_id, "failed", error="NaN loss")
+    body = client.get(f"/api/v1/jobs/{job_id}").json()
+    assert body["status"] == "failed" and body["finished_at"] is not None
+    with session_scope(db) as s:
+        assert s.get(Job, job_id).started_at == started
+    statuses = [e[2] for e in read_events(client, job_id)[:-1]]
+    assert [(e["status"], e.get("attempt"), e.get("error")) for e in statuses] == [
+        ("queued", None, None),
+        ("running", 1, None),
+        ("running", 2, None),
+        ("failed", None, "NaN loss"),
+    ]

@@ -4,13 +4,14 @@ every bad payload is a 422 naming the expected shape; models are cached; TE simi
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
 from celif_core.checkpoint import load_model
-from tests.service.fixtures_predict import PREDICT_LIMIT, make_job
+from tests.service.predict_helpers import PREDICT_LIMIT, make_job
 
 pytest_plugins = ["tests.service.fixtures_predict"]
 
@@ -275,3 +276,20 @@ def test_openapi_lists_the_routes(pclient):
     ):
         assert p in paths, p
     assert "PredictRequest" in json.dumps(paths["/api/v1/jobs/{job_id}/predict"])
+
+
+def test_dashboard_static_files(anon):
+    """The dashboard page and its assets need no token; plotly.js comes from the plotly package."""
+    import plotly
+
+    page = anon.get("/")
+    assert page.status_code == 200 and "text/html" in page.headers["content-type"]
+    assert '<script src="/static/vendor/plotly.min.js">' in page.text
+    js = anon.get("/static/vendor/plotly.min.js")
+    assert js.status_code == 200 and "javascript" in js.headers["content-type"]
+    shipped = Path(plotly.__file__).parent / "package_data" / "plotly.min.js"
+    assert js.content == shipped.read_bytes()
+    for name in ("app.js", "app.css"):
+        assert anon.get(f"/static/dashboard/{name}").status_code == 200
+    for bad in ("../routes.py", "..%2Froutes.py", "nope.js", "index.py"):
+        assert anon.get(f"/static/dashboard/{bad}").status_code == 404, bad

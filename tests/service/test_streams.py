@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tests.service.fixtures_predict import make_job
+from tests.service.predict_helpers import make_job
 
 pytest_plugins = ["tests.service.fixtures_predict"]
 

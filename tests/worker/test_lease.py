@@ -125,3 +125,41 @@ def test_released_lease_cannot_write(stack, make_job):
         assert lease.release(s, job_id, "me", "succeeded") is None
     with stack.session() as s:
         assert s.get(Job, job_id).status == "running"
+
+
+def test_infrastructure_error_is_retried_then_fails(stack, make_job, tmp_path, monkeypatch):
+    """An OSError (here: the checkpoint folder cannot be created) re-queues the job, after the
+    commit; past `max_infra_retries` re-queues the job fails with the reason."""
+    import service.enqueue
+    from worker.tasks import JobRunner
+
+    from .conftest import adding_spec
+
+    sent: list[str] = []
+    monkeypatch.setattr(service.enqueue, "enqueue_job", sent.append)
+    job_id = make_job()
+    with stack.session() as s:
+        s.get(Job, job_id).spec = adding_spec()
+    settings = Settings(
+        database_url=stack.database_url,
+        broker_url="redis://127.0.0.1:6379/0",
+        data_dir=tmp_path,
+        max_infra_retries=2,
+    )
+    blocker = tmp_path / "storage" / "checkpoints" / job_id
+    blocker.parent.mkdir(parents=True)
+    blocker.write_text("not a folder")  # mkdir fails: an OSError, i.e. infrastructure
+
+    outcomes = [JobRunner(job_id, settings).run() for _ in range(3)]
+    assert outcomes == ["requeued", "requeued", "failed"]
+    assert sent == [job_id, job_id]
+    with stack.session() as s:
+        job = s.get(Job, job_id)
+        assert job.status == "failed" and job.attempts == 3
+        assert "infrastructure error after 3 attempts" in job.error
+        assert "FileExistsError" in job.error
+    assert _statuses(stack, job_id) == [
+        "running", "queued", "running", "queued", "running", "failed",
+    ]  # fmt: skip
+    # A late duplicate message for the finished job is a no-op.
+    assert JobRunner(job_id, settings).run() == "skipped"

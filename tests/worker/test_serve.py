@@ -47,6 +47,19 @@ class _Output:
         return "".join(self.lines)
 
 
+def _children(pid: int) -> list[int]:
+    """Child process ids of `pid` (Linux /proc)."""
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            out.append(int(stat.parent.name))
+    return out
+
+
 def test_serve_embedded_end_to_end(tmp_path: Path):
     data = tmp_path / "data"
     port = free_port()
@@ -89,6 +102,21 @@ def test_serve_embedded_end_to_end(tmp_path: Path):
         assert any(p["split"] == "train" and p["name"] == "loss" for p in metrics)
         assert (data / "celif.db").is_file()
         assert (data / "broker" / "queue").is_dir()
+
+        # The supervised worker is restarted when it dies; the new one takes the next job.
+        first = wait_for(lambda: _children(proc.pid), 30, "the worker child")[0]
+        os.kill(first, signal.SIGKILL)
+        wait_for(lambda: [c for c in _children(proc.pid) if c != first], 60, "a new worker")
+        r = httpx.post(
+            f"{base}/api/v1/jobs",
+            json=adding_spec(max_steps=20, eval_every=10, checkpoint_every=10),
+            headers=headers,
+            timeout=30,
+        )
+        assert r.status_code == 201, r.text
+        jid = r.json()["id"]
+        job = wait_for(finished, 240, "the job after the worker restart", 0.2)
+        assert job["status"] == "succeeded", (job.get("error"), out.text[-3000:])
     finally:
         os.killpg(proc.pid, signal.SIGINT)
         try:
@@ -96,7 +124,6 @@ def test_serve_embedded_end_to_end(tmp_path: Path):
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
-    # The supervised worker went down with it (its own process group was stopped).
     assert "Traceback" not in out.text, out.text[-3000:]
 
     # A second start prints no new token (first start only).

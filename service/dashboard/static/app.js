@@ -314,6 +314,17 @@ function onTaskChange() {
   const t = state.catalog.tasks.find((x) => x.name === $("#f-task").value);
   $("#task-description").textContent = t.description;
   renderParams($("#task-params"), "task.params", t.params_schema, t.defaults);
+  if (t.name === "dataset") {
+    // Offer the user's uploaded datasets as suggestions for dataset_id.
+    api("/datasets")
+      .then((data) => {
+        const list = el("datalist", { id: "dataset-ids" }, ...data.items.map((d) => el("option", { value: d.id }, `${d.name} (N=${d.num_sequences}, T=${d.seq_len}, F=${d.input_size}, ${d.kind})`)));
+        $("#task-params").append(list);
+        const input = $('[data-loc="task.params.dataset_id"]');
+        if (input) input.setAttribute("list", "dataset-ids");
+      })
+      .catch(() => {});
+  }
 }
 
 function onNeuronChange() {
