@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import socket
 import threading
 
@@ -114,3 +115,23 @@ def _start_reaper(**_kwargs) -> None:
 
     start_reaper_thread(get_settings())
     log.info("reaper started in worker %s:%s", socket.gethostname(), os.getpid())
+
+
+# Sent by the main process to its pool children on a warm shutdown (see below).
+SHUTDOWN_SIGNAL = signal.SIGUSR1
+
+
+@signals.worker_shutting_down.connect
+def _hand_back_running_jobs(how: str | None = None, **_kwargs) -> None:
+    """Warm shutdown (SIGTERM, `docker compose stop`): instead of training to the end (hours)
+    or being killed mid-step, the job in the pool child writes a checkpoint at its current step
+    and goes back to the queue, where the next worker resumes it (worker/tasks.py)."""
+    if how != "Warm":
+        return
+    from billiard.process import active_children
+
+    for child in active_children():
+        try:
+            os.kill(child.pid, SHUTDOWN_SIGNAL)
+        except ProcessLookupError:
+            pass

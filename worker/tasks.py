@@ -20,12 +20,14 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import signal
 import socket
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
+from celery import signals
 from sqlalchemy import delete, select
 
 from service.db.models import Checkpoint, Job, JobEvent
@@ -33,13 +35,23 @@ from service.db.session import get_engine, session_scope
 from service.events import append_event, append_metric_points, append_status_event
 from service.settings import Settings, get_settings
 from worker import lease
-from worker.app import TASK_NAME, celery_app
+from worker.app import SHUTDOWN_SIGNAL, TASK_NAME, celery_app
 
 log = logging.getLogger(__name__)
 
 
 class LeaseLost(Exception):
     """This worker no longer holds the job (reaped after a stall, or cancelled by the API)."""
+
+
+# Set in a pool child when its worker shuts down warmly: the running job checkpoints and
+# re-queues itself. (Process-level by nature: it is about this process, not about one job.)
+_shutdown_requested = threading.Event()
+
+
+@signals.worker_process_init.connect
+def _install_shutdown_handler(**_kwargs) -> None:
+    signal.signal(SHUTDOWN_SIGNAL, lambda *_: _shutdown_requested.set())
 
 
 def worker_identity() -> str:
@@ -89,7 +101,8 @@ class JobRunner:
         self.url = settings.database_url
         self.worker_id = worker_identity()
         self.stop = threading.Event()
-        self.stop_reason: str | None = None  # "cancel" | "lease_lost"
+        self.stop_reason: str | None = None  # "cancel" | "lease_lost" | "shutdown"
+        self._trainer = None
         self._buffer: list[dict[str, Any]] = []
         self._buffer_lock = threading.Lock()
         self._db_lock = threading.Lock()  # orders metric flushes and checkpoint registration
@@ -99,6 +112,15 @@ class JobRunner:
         self._model = None
         self._last_step_at: float | None = None
         self.step_time: float | None = None  # seconds per training step (moving average)
+
+    def request_shutdown(self) -> None:
+        """Stop at the next step with a checkpoint there, then hand the job back to the queue."""
+        if self.stop_reason is not None:
+            return
+        if self._trainer is not None:
+            self._trainer.checkpoint_on_stop = True
+        self.stop_reason = "shutdown"
+        self.stop.set()
 
     def _backend(self) -> str | None:
         return _describe(getattr(self._model, "backend_name", None))
@@ -220,6 +242,7 @@ class JobRunner:
         )
         trainer.setup(resume_from=resume)
         self._model = trainer.model  # its backend_name is known after the first step
+        self._trainer = trainer
         info = {"device": _describe(getattr(trainer, "device", None))}
         with self._db_lock, session_scope(self.url) as session:
             if not lease.heartbeat(session, self.job_id, self.worker_id, **info):
@@ -244,6 +267,10 @@ class JobRunner:
             status, event = "succeeded", {"step": int(result.step)}
         elif self.stop_reason == "cancel":
             status, event = "cancelled", {"step": int(result.step), "reason": "cancelled"}
+        elif self.stop_reason == "shutdown":
+            # Not the job's fault and not a lost worker: the claim is given back uncounted.
+            status, event = "queued", {"step": int(result.step), "reason": "worker shut down"}
+            values["attempts"] = Job.attempts - 1
         else:  # stopped without a reason we know: treat as infrastructure (re-queue)
             raise RuntimeError("training stopped unexpectedly")
         with self._db_lock, session_scope(self.url) as session:
@@ -251,6 +278,11 @@ class JobRunner:
             if job is None:
                 raise LeaseLost()
         log.info("job %s %s at step %s", self.job_id, status, result.step)
+        if status == "queued":
+            from service.enqueue import enqueue_job
+
+            enqueue_job(self.job_id)  # after the commit
+            return "requeued"
         return status
 
     def _on_error(self, exc: Exception) -> str:
@@ -508,6 +540,8 @@ class _Heartbeat:
         while not self._done.wait(max(MIN_POLL_S, min(base, r.step_time or base))):
             now = time.monotonic()
             try:
+                if _shutdown_requested.is_set():
+                    r.request_shutdown()
                 self._poll_cancel()
                 due_flush = now - last_flush >= s.metrics_flush_interval_s and r._dirty
                 due_beat = now - last_beat >= s.heartbeat_interval_s

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import signal
 from collections import Counter
 from pathlib import Path
 
@@ -225,3 +226,37 @@ def test_worker_killed_mid_job_resumes_from_checkpoint(
     resumed_from = resumed[1].data.get("resumed_from_step")
     assert resumed_from is not None and resumed_from >= ckpt_step, resumed[1].data
     assert_complete_series(client.metrics(jid), max_steps, every)
+
+
+def test_warm_shutdown_hands_the_job_back(
+    client: Client, stack: Stack, api: ApiProcess, worker: WorkerProcess
+):
+    """SIGTERM to a worker (docker compose stop): its job checkpoints at the current step and is
+    re-queued uncounted; the next worker resumes it from exactly there."""
+    max_steps = 1500
+    job = client.submit(adding_spec(max_steps=max_steps, eval_every=250, checkpoint_every=1000))
+    jid = job["id"]
+    wait_for(lambda: job_row(stack, jid).step >= 50, 120, "the job to train")
+    worker.proc.send_signal(signal.SIGTERM)  # the main process only, as docker does
+    worker.proc.wait(60)
+    row = job_row(stack, jid)
+    assert row.status == "queued", row.status
+    assert row.attempts == 0
+    stopped_at = max(c.step for c in checkpoint_rows(stack, jid))
+    assert 50 <= stopped_at < max_steps
+
+    fresh = WorkerProcess(stack.env, stack.logs / f"worker-{len(stack.workers)}.log").start()
+    stack.workers.append(fresh)
+    done = client.wait_status(jid, {"succeeded", "failed", "cancelled"}, timeout=300)
+    assert done["status"] == "succeeded", done.get("error")
+    assert done["attempts"] == 1
+    with stack.session() as s:
+        last_run = s.scalars(
+            select(JobEvent)
+            .where(JobEvent.job_id == jid, JobEvent.kind == "status")
+            .order_by(JobEvent.id.desc())
+            .limit(2)
+        ).all()[1]
+    assert last_run.data["status"] == "running"
+    assert last_run.data["resumed_from_step"] == stopped_at
+    assert_complete_series(client.metrics(jid), max_steps, 250)

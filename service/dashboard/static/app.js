@@ -794,7 +794,7 @@ async function loadTe() {
   try {
     const res = await api(`/jobs/${v.id}/te_similarity?layer=${layer}`);
     const axis = res.matrix.map((_, i) => i * res.stride);
-    Plotly.react("te-heatmap", [{ type: "heatmap", z: res.matrix, x: axis, y: axis, zmin: -1, zmax: 1, colorscale: "RdBu", reversescale: true, colorbar: { title: { text: "cos" } } }], { margin: { t: 28, r: 16, b: 48, l: 56 }, title: { text: `TE cosine similarity, layer ${res.layer} (step ${res.checkpoint.step})`, font: { size: 13 } }, xaxis: { title: { text: "timestep" } }, yaxis: { title: { text: "timestep" }, autorange: "reversed" } }, { displaylogo: false });
+    Plotly.react("te-heatmap", [{ type: "heatmap", z: res.matrix, x: axis, y: axis, zmin: -1, zmax: 1, colorscale: "RdBu", reversescale: true, colorbar: { title: { text: "cos" } } }], { margin: { t: 44, r: 16, b: 48, l: 56 }, title: { text: `TE cosine similarity, layer ${res.layer} (step ${res.checkpoint.step})`, font: { size: 13 } }, xaxis: { title: { text: "timestep" } }, yaxis: { title: { text: "timestep" }, autorange: "reversed" } }, { displaylogo: false });
     $("#te-png").onclick = async (ev) => {
       ev.preventDefault();
       const resp = await api(`/jobs/${v.id}/te_similarity.png?layer=${layer}`, { raw: true });
