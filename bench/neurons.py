@@ -50,7 +50,7 @@ def build(kind: str, T: int):
         def __init__(self) -> None:
             super().__init__()
             sizes = (1, *HIDDEN)
-            self.fcs = nn.ModuleList(nn.Linear(a, b) for a, b in zip(sizes, sizes[1:]))
+            self.fcs = nn.ModuleList(nn.Linear(a, b) for a, b in zip(sizes, sizes[1:], strict=False))
             self.readout = nn.Linear(HIDDEN[-1], 10)
             # one TE table shared across layers, layer l uses its first N_l columns
             self.te = nn.Parameter(torch.randn(T, max(HIDDEN)) * 0.1)
@@ -66,8 +66,12 @@ def build(kind: str, T: int):
                 # decay_input=False: H = V*(1 - 1/tau) + X, i.e. alpha = 0.5 at tau = 2
                 self.lifs = nn.ModuleList(
                     neuron.LIFNode(
-                        tau=2.0, decay_input=False, v_threshold=0.3, v_reset=0.0,
-                        surrogate_function=surrogate.Sigmoid(), step_mode="m",
+                        tau=2.0,
+                        decay_input=False,
+                        v_threshold=0.3,
+                        v_reset=0.0,
+                        surrogate_function=surrogate.Sigmoid(),
+                        step_mode="m",
                     )  # fmt: skip
                     for _ in HIDDEN
                 )
@@ -230,7 +234,9 @@ def main() -> None:
                 flush=True,
             )
     print()
-    print("| B | config | step time (s) | x GEMM-only | peak RSS growth (MB) | saved for backward (MB) |")
+    print(
+        "| B | config | step time (s) | x GEMM-only | peak RSS growth (MB) | saved for backward (MB) |"
+    )
     print("| ---: | --- | ---: | ---: | ---: | ---: |")
     for batch, kind, t, ratio, mb, saved in rows:
         print(f"| {batch} | {CONFIGS[kind]} | {t:.3f} | {ratio:.2f} | {mb:.0f} | {saved:.0f} |")

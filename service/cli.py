@@ -147,13 +147,15 @@ class WorkerSupervisor:
             self.restarts += 1
             backoff = min(backoff * 2, 30.0)
 
-    def stop(self, timeout: float = 15.0) -> None:
+    def stop(self, timeout: float = 30.0) -> None:
+        """Warm shutdown: SIGTERM to the worker's main process only, so a running job
+        checkpoints and re-queues itself (worker/app.py); SIGKILL to the group after `timeout`."""
         self._stop.set()
         proc = self.proc
         if proc is None or proc.poll() is not None:
             return
         try:
-            os.killpg(proc.pid, signal.SIGTERM)
+            proc.terminate()
             proc.wait(timeout)
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)

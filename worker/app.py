@@ -118,7 +118,7 @@ def _start_reaper(**_kwargs) -> None:
 
 
 # Sent by the main process to its pool children on a warm shutdown (see below).
-SHUTDOWN_SIGNAL = signal.SIGUSR1
+SHUTDOWN_SIGNAL = signal.SIGUSR2  # SIGUSR1 is billiard's soft time limit
 
 
 @signals.worker_shutting_down.connect

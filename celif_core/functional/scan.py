@@ -94,6 +94,8 @@ def neuron_scan(
     if not current.is_floating_point():
         raise ValueError(f"current must be a floating-point tensor, got {current.dtype}")
     T, B, N = current.shape
+    if T == 0:
+        raise ValueError("current must have at least one timestep (shape [T>=1, B, N])")
     te_rows = _check_te(te, T, N, p) if needs_te(neuron, p) else None
     alpha = p["alpha"]
     if isinstance(alpha, torch.Tensor) and alpha.dim() == 1 and alpha.shape[0] != N:

@@ -101,7 +101,7 @@ class DatasetTask(Task):
     ):
         if datasets_dir is None:
             raise DataError(
-                "the dataset task needs a datasets directory (setting CELIF_STORAGE_DIR / --datasets-dir)"
+                "the dataset task needs a datasets directory (setting CELIF_DATASETS_DIR, CLI: --datasets-dir)"
             )
         x, y = read_npz(dataset_path(datasets_dir, dataset_id))
         if list(x.shape[1:]) != [seq_len, input_size]:

@@ -85,7 +85,12 @@ def load_mnist(
     directory = Path(mnist_dir)
     missing = [f for f in MNIST_FILES.values() if not (directory / f).is_file()]
     if missing and download:
-        missing = [f for f in missing if not _download(directory, f)]
+        still = []
+        for name in missing:
+            # once a file cannot be fetched from any mirror, do not wait on the others
+            if still or not _download(directory, name):
+                still.append(name)
+        missing = still
     if missing:
         raise DataError(
             f"MNIST files not found in {str(directory)!r} (missing: {', '.join(missing)}) and "

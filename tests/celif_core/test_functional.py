@@ -243,6 +243,7 @@ def test_bad_inputs_raise_value_errors_naming_the_argument():
     cases = [
         (dict(current=torch.randn(4, 3), neuron="celif", params=p, te=te), "current"),
         (dict(current=x.long(), neuron="celif", params=p, te=te), "current"),
+        (dict(current=x[:0], neuron="lif", params=p), "current"),
         (dict(current=x, neuron="gru", params=p), "neuron"),
         (dict(current=x, neuron="celif", params={**p, "ce_mode": "bogus"}, te=te), "ce_mode"),
         (dict(current=x, neuron="celif", params=p, te=None), "te"),
