@@ -50,7 +50,9 @@ def build(kind: str, T: int):
         def __init__(self) -> None:
             super().__init__()
             sizes = (1, *HIDDEN)
-            self.fcs = nn.ModuleList(nn.Linear(a, b) for a, b in zip(sizes, sizes[1:], strict=False))
+            self.fcs = nn.ModuleList(
+                nn.Linear(a, b) for a, b in zip(sizes, sizes[1:], strict=False)
+            )
             self.readout = nn.Linear(HIDDEN[-1], 10)
             # one TE table shared across layers, layer l uses its first N_l columns
             self.te = nn.Parameter(torch.randn(T, max(HIDDEN)) * 0.1)
@@ -111,9 +113,15 @@ def build(kind: str, T: int):
     return Net()
 
 
-def worker(kind: str, batch: int, steps: int, warmup: int, T: int, threads: int) -> dict:
+def worker(
+    kind: str, batch: int, steps: int, warmup: int, T: int, threads: int, malloc: str
+) -> dict:
     import torch
 
+    if malloc == "tuned":  # same for every config, competitors included
+        from celif_core.kernels import tune_allocator
+
+        tune_allocator()
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     net = build(kind, T)
@@ -189,12 +197,19 @@ def main() -> None:
     ap.add_argument("--seq", type=int, default=784)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
+    ap.add_argument(
+        "--malloc",
+        choices=["tuned", "glibc"],
+        default="tuned",
+        help="tuned: celif_core.kernels.tune_allocator() in every config (reuse big blocks "
+        "instead of mmap/munmap per tensor); glibc: the defaults",
+    )
     ap.add_argument("--worker", nargs=2, metavar=("CONFIG", "BATCH"), help=argparse.SUPPRESS)
     args = ap.parse_args()
 
     if args.worker:
         kind, batch = args.worker[0], int(args.worker[1])
-        res = worker(kind, batch, args.steps, args.warmup, args.seq, args.threads)
+        res = worker(kind, batch, args.steps, args.warmup, args.seq, args.threads, args.malloc)
         print("RESULT " + json.dumps(res))
         return
 
@@ -203,7 +218,8 @@ def main() -> None:
     print(
         f"# torch {torch.__version__}, {args.threads} threads, {platform.processor() or platform.machine()}, "
         f"T={args.seq}, hidden 1-{'-'.join(map(str, HIDDEN))}-10, {args.steps} timed steps "
-        f"after {args.warmup} warm-up, load average {os.getloadavg()[0]:.1f}"
+        f"after {args.warmup} warm-up, malloc {args.malloc}, "
+        f"load average {os.getloadavg()[0]:.1f}"
     )
     env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
     rows = []
@@ -217,6 +233,7 @@ def main() -> None:
             cmd = [sys.executable, __file__, "--worker", kind, str(batch)]
             cmd += ["--steps", str(args.steps), "--warmup", str(args.warmup)]
             cmd += ["--seq", str(args.seq), "--threads", str(args.threads)]
+            cmd += ["--malloc", args.malloc]
             proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
             line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")), None)
             if proc.returncode != 0 or line is None:

@@ -164,11 +164,8 @@ class _Progress:
         self.bar.update(step - self.bar.n)
 
     def on_checkpoint(self, info: Any) -> None:
-        self.bar.write(
-            f"checkpoint step {info.step}: {info.path} ({'best' if info.is_best else ''})".rstrip(
-                " ()"
-            )
-        )
+        best = " (best so far)" if info.is_best else ""
+        self.bar.write(f"checkpoint step {info.step}: {info.path}{best}")
 
     def close(self) -> None:
         self.bar.close()

@@ -136,7 +136,7 @@ TASKS: dict[str, TaskInfo] = {
 class _SpikingParams(_Strict):
     alpha: float = Field(0.5, gt=0, le=1, description="membrane decay")
     theta0: float = Field(0.3, gt=0, description="base firing threshold")
-    surrogate_width: float = Field(0.5, gt=0, le=10, description="boxcar surrogate width a")
+    surrogate_width: float = Field(1.0, gt=0, le=10, description="boxcar surrogate width a")
     detach_reset: bool = Field(False, description="stop gradients through the hard reset")
 
 

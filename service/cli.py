@@ -83,7 +83,9 @@ def cmd_token_create(args) -> int:
 
 
 def worker_argv(queue: str, loglevel: str, concurrency: int = 1) -> list[str]:
+    quiet = ["--quiet"] if loglevel in ("WARNING", "ERROR") else []  # no banner
     return [
+        *quiet,
         "worker",
         f"--loglevel={loglevel}",
         f"--concurrency={concurrency}",

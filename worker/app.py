@@ -47,7 +47,10 @@ def broker_transport_options(settings: Settings) -> dict:
 
 def make_celery(settings: Settings | None = None) -> Celery:
     settings = settings or get_settings()
-    app = Celery("celif", broker=settings.broker_url, include=["worker.tasks"])
+    broker = settings.broker_url
+    if broker in ("filesystem://", "filesystem:"):
+        broker = "filesystem://localhost//"  # same transport; spares kombu's "no hostname" warning
+    app = Celery("celif", broker=broker, include=["worker.tasks"])
     app.conf.update(
         broker_transport_options=broker_transport_options(settings),
         broker_connection_retry_on_startup=True,
