@@ -23,7 +23,9 @@ COPY celif_core ./celif_core
 COPY service ./service
 COPY worker ./worker
 COPY migrations ./migrations
-RUN pip install .
+# Editable: the code (and migrations/, which service.db.migrate finds beside the packages) stays
+# in /app; a plain wheel install would not carry migrations/.
+RUN pip install -e .
 
 RUN useradd --create-home --uid 1000 celif \
     && mkdir -p /var/lib/celif /home/celif/.cache \

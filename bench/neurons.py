@@ -189,11 +189,26 @@ def available(kind: str) -> str | None:
     return None
 
 
+def run_worker(kind: str, batch: int, args: argparse.Namespace, env: dict) -> dict | None:
+    cmd = [sys.executable, __file__, "--worker", kind, str(batch)]
+    cmd += ["--steps", str(args.steps), "--warmup", str(args.warmup)]
+    cmd += ["--seq", str(args.seq), "--threads", str(args.threads), "--malloc", args.malloc]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")), None)
+    if proc.returncode != 0 or line is None:
+        print(f"  {kind} B={batch} failed:\n{proc.stderr[-2000:]}", file=sys.stderr)
+        return None
+    return json.loads(line[len("RESULT ") :])
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--batch", type=int, nargs="+", default=[64, 256])
     ap.add_argument("--steps", type=int, default=5, help="timed steps per config (median)")
     ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument(
+        "--repeat", type=int, default=1, help="interleaved rounds per config (median of rounds)"
+    )
     ap.add_argument("--seq", type=int, default=784)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
@@ -218,38 +233,42 @@ def main() -> None:
     print(
         f"# torch {torch.__version__}, {args.threads} threads, {platform.processor() or platform.machine()}, "
         f"T={args.seq}, hidden 1-{'-'.join(map(str, HIDDEN))}-10, {args.steps} timed steps "
-        f"after {args.warmup} warm-up, malloc {args.malloc}, "
+        f"after {args.warmup} warm-up, {args.repeat} round(s), malloc {args.malloc}, "
         f"load average {os.getloadavg()[0]:.1f}"
     )
     env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    kinds = ["gemm", *[c for c in args.configs if c != "gemm"]]
+    for kind in kinds:
+        note = available(kind)
+        if note:
+            print(f"  skip {kind}: {note}", file=sys.stderr)
+    kinds = [k for k in kinds if available(k) is None]
     rows = []
     for batch in args.batch:
-        gemm = None
-        for kind in ["gemm", *[c for c in args.configs if c != "gemm"]]:
-            note = available(kind)
-            if note:
-                print(f"  skip {kind}: {note}", file=sys.stderr)
+        # --repeat R cycles through all configs R times (interleaved, so a burst of load from
+        # other processes hits every config alike) and keeps each config's median step time
+        runs: dict[str, list[dict]] = {k: [] for k in kinds}
+        for _ in range(args.repeat):
+            for kind in kinds:
+                res = run_worker(kind, batch, args, env)
+                if res is None:
+                    continue
+                runs[kind].append(res)
+                print(
+                    f"  B={batch:<4} {kind:<22} {res['median_s']:.3f} s  "
+                    f"peak +{res['peak_mb']:.0f} MB  saved {res['saved_mb']:.0f} MB",
+                    file=sys.stderr,
+                    flush=True,
+                )
+        med = {k: statistics.median(r["median_s"] for r in v) for k, v in runs.items() if v}
+        gemm = med.get("gemm")
+        for kind in kinds:
+            if kind not in med:
                 continue
-            cmd = [sys.executable, __file__, "--worker", kind, str(batch)]
-            cmd += ["--steps", str(args.steps), "--warmup", str(args.warmup)]
-            cmd += ["--seq", str(args.seq), "--threads", str(args.threads)]
-            cmd += ["--malloc", args.malloc]
-            proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
-            line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")), None)
-            if proc.returncode != 0 or line is None:
-                print(f"  {kind} B={batch} failed:\n{proc.stderr[-2000:]}", file=sys.stderr)
-                continue
-            res = json.loads(line[len("RESULT ") :])
-            if kind == "gemm":
-                gemm = res["median_s"]
-            ratio = res["median_s"] / gemm if gemm else float("nan")
-            rows.append((batch, kind, res["median_s"], ratio, res["peak_mb"], res["saved_mb"]))
-            print(
-                f"  B={batch:<4} {kind:<22} {res['median_s']:.3f} s  x{ratio:.2f}  "
-                f"peak +{res['peak_mb']:.0f} MB  saved {res['saved_mb']:.0f} MB",
-                file=sys.stderr,
-                flush=True,
-            )
+            ratio = med[kind] / gemm if gemm else float("nan")
+            peak = max(r["peak_mb"] for r in runs[kind])
+            saved = runs[kind][0]["saved_mb"]
+            rows.append((batch, kind, med[kind], ratio, peak, saved))
     print()
     print(
         "| B | config | step time (s) | x GEMM-only | peak RSS growth (MB) | saved for backward (MB) |"

@@ -64,6 +64,8 @@ def cpu_extension_error() -> str | None:
 def _build() -> ModuleType:
     from torch.utils.cpp_extension import load
 
+    _put_ninja_on_path()
+
     cflags = ["-O3", "-fopenmp", "-ffp-contract=off"]
     # -ffp-contract=off: no fused multiply-add, so the kernel rounds like the PyTorch
     # reference and spikes match it exactly.
@@ -77,6 +79,18 @@ def _build() -> ModuleType:
         extra_ldflags=["-fopenmp"],
         verbose=False,
     )
+
+
+def _put_ninja_on_path() -> None:
+    """torch runs ``ninja`` from PATH; a venv that is not activated has it only in its bin/."""
+    try:
+        import ninja  # the PyPI package (a project dependency) ships the binary
+    except ImportError:
+        return
+    bin_dir = str(getattr(ninja, "BIN_DIR", ""))
+    path = os.environ.get("PATH", "")
+    if bin_dir and bin_dir not in path.split(os.pathsep):
+        os.environ["PATH"] = bin_dir + os.pathsep + path
 
 
 def tune_allocator(top_pad_mb: int = 64) -> bool:

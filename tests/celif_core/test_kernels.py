@@ -146,3 +146,9 @@ def test_large_batch_odd_sizes_match():
     p = dict(alpha=0.5, rho=0.99, theta0=0.3, surrogate_width=0.5)
     _assert_same(_run("reference", x, te, "celif", p), _run("fused", x, te, "celif", p),
                  torch.float32)  # fmt: skip
+
+
+def test_tune_allocator_applies_on_linux():
+    import sys
+
+    assert kernels.tune_allocator() is sys.platform.startswith("linux")

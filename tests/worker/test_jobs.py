@@ -167,10 +167,11 @@ def test_cancel_running_job_then_worker_takes_next(client: Client, stack: Stack,
     assert done["status"] == "cancelled"
     assert 20 <= done["progress"]["step"] < 100_000
     assert status_history(stack, long["id"])[-1] == "cancelled"
-    # Seen within one step: at most the step in flight (plus one poll's slack) ends after it.
+    # Seen within one step: the step in flight ends after it (plus slack for one late poll
+    # wake-up on a loaded CI machine).
     train = series(client.metrics(long["id"]), "train", "loss")
     late = [p["step"] for p in train if datetime.fromisoformat(p["time"]) > cancelled_at]
-    assert len(late) <= 2, f"{len(late)} steps finished after the cancel: {late}"
+    assert len(late) <= 3, f"{len(late)} steps finished after the cancel: {late}"
     assert max(p["step"] for p in train) == done["progress"]["step"]
 
     after = client.wait_status(nxt["id"], {"succeeded", "failed", "cancelled"}, timeout=120)
