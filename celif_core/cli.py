@@ -196,8 +196,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"celif train: error: {exc}", file=sys.stderr)
         return 2
 
+    from celif_core.kernels import tune_allocator
     from celif_core.trainer import DataDirs, Trainer
 
+    tune_allocator()  # a training process: reuse large blocks (docs/kernels.md, large tensors and the allocator)
     mnist_dir = args.mnist_dir or os.environ.get("CELIF_MNIST_DIR")
     progress = _Progress(spec.training.max_steps, enabled=not args.no_progress)
     trainer = Trainer(

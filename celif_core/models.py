@@ -17,7 +17,6 @@ last layer, so the result after the last chunk equals ``model(x)`` on the whole 
 
 from __future__ import annotations
 
-import inspect
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,7 +28,6 @@ from celif_core.functional import NeuronState, fused_available, neuron_scan, neu
 from celif_core.spec import JobSpec, validate_spec
 
 SPIKING = ("lif", "alif", "plif", "celif")
-_SCAN_ACCEPTS_MEMORY = "memory" in inspect.signature(neuron_scan).parameters
 # spec's training.memory -> the scan's memory mode
 _MEMORY_MODES = {"auto": "save", "store": "save", "save": "save", "recompute": "recompute"}
 
@@ -212,9 +210,6 @@ class CelifNetwork(nn.Module):
                 h, st_new = self._recurrent_scan(layer, current, te, st, params)
                 used.add("reference")
             else:
-                kwargs: dict[str, Any] = {}
-                if _SCAN_ACCEPTS_MEMORY:
-                    kwargs["memory"] = _MEMORY_MODES[self.memory]
                 res = neuron_scan(
                     current,
                     neuron=self.neuron,
@@ -222,7 +217,7 @@ class CelifNetwork(nn.Module):
                     te=te,
                     state=st,
                     backend=self.backend,
-                    **kwargs,
+                    memory=_MEMORY_MODES[self.memory],
                 )
                 h, st_new = res.spikes, res.state
                 used.add(_backend_used(self.backend, current))

@@ -228,9 +228,13 @@ class JobRunner:
     # ------------------------------------------------------------------ training
     def _train(self, spec_dict: dict[str, Any], resume: Path | None) -> str:
         # Heavy imports here, in the pool process: the worker's main process never touches CUDA.
+        from celif_core.kernels import tune_allocator
         from celif_core.spec import validate_spec
         from celif_core.trainer import DataDirs, Trainer
 
+        # This pool process trains one job and exits (max_tasks_per_child=1): let glibc keep
+        # large freed blocks instead of page-faulting every [T, B, N] tensor in anew each step.
+        tune_allocator()
         spec = validate_spec(spec_dict, max_activation_bytes=self.settings.max_activation_bytes)
         checkpoint_dir = Path(self.settings.storage_dir) / "checkpoints" / self.job_id
         checkpoint_dir.mkdir(parents=True, exist_ok=True)

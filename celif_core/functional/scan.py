@@ -135,7 +135,8 @@ def _check_te(te: Any, T: int, N: int, p: Mapping[str, Any]) -> torch.Tensor:
             f"te must be a [>=T, N]=[>={T}, {N}] tensor for ce_mode {p['ce_mode']!r}, "
             f"got {_shape_of(te)}"
         )
-    return te[:T]  # [T, N]
+    # a slice is an autograd node with its own backward ops; skip it when there is nothing to cut
+    return te if te.shape[0] == T else te[:T]  # [T, N]
 
 
 # --------------------------------------------------------------------------- public neurons

@@ -155,6 +155,9 @@ void backward_chunk(const scalar_t* __restrict__ grad_s,   // [T, B, N]
   const scalar_t reset_grad = detach_reset ? scalar_t(0) : scalar_t(1);
   const int64_t rows = b1 - b0;
   const int64_t len = rows * N;
+  // this chunk's partial sums, zeroed here (inside the parallel region, no extra aten op)
+  if (gte != nullptr) std::fill(gte, gte + T * N, scalar_t(0));
+  if (galpha != nullptr) std::fill(galpha, galpha + N, scalar_t(0));
   // Reverse-mode carries from step t+1: dL/dU[t+1], dL/deta[t+1], and the gradient that step
   // t+1 sends to S[t] (through the reset and, for spike modes, through eta).
   std::vector<scalar_t> gu(len, 0), geta(len, 0), gs_next(len, 0), s_prev(len);
@@ -302,6 +305,21 @@ std::vector<at::Tensor> scan_forward(const at::Tensor& current, const at::Tensor
           uT, sT, etaT};
 }
 
+// [nchunks, ...] -> [...], summed over the first dimension in one serial pass.
+at::Tensor sum_chunks(const at::Tensor& part) {
+  if (part.size(0) == 1) return part.select(0, 0);
+  auto out = at::empty(part.sizes().slice(1), part.options());
+  const int64_t nchunks = part.size(0), m = out.numel();
+  AT_DISPATCH_FLOATING_TYPES(part.scalar_type(), "celif_sum_chunks", [&] {
+    const scalar_t* p = part.data_ptr<scalar_t>();
+    scalar_t* o = out.data_ptr<scalar_t>();
+    std::copy(p, p + m, o);
+    for (int64_t c = 1; c < nchunks; ++c)
+      for (int64_t i = 0; i < m; ++i) o[i] += p[c * m + i];
+  });
+  return out;
+}
+
 // Returns (grad_current, grad_te [T, N] or empty, grad_alpha [N] or empty).
 std::vector<at::Tensor> scan_backward(const at::Tensor& grad_spikes, const at::Tensor& u,
                                       const at::Tensor& code, const at::Tensor& te,
@@ -317,8 +335,8 @@ std::vector<at::Tensor> scan_backward(const at::Tensor& grad_spikes, const at::T
   const int64_t nchunks = num_chunks(B);
   auto grad_cur = at::empty_like(u);
   at::Tensor gte_part, galpha_part;
-  if (te_grad) gte_part = at::zeros({nchunks, T, N}, u.options());
-  if (need_alpha) galpha_part = at::zeros({nchunks, N}, u.options());
+  if (te_grad) gte_part = at::empty({nchunks, T, N}, u.options());
+  if (need_alpha) galpha_part = at::empty({nchunks, N}, u.options());
   const Coefs k{rho, gain, scale, 0.0, width};
   AT_DISPATCH_FLOATING_TYPES(u.scalar_type(), "celif_scan_backward", [&] {
     dispatch_mode(mode, [&](auto m) {
@@ -331,7 +349,10 @@ std::vector<at::Tensor> scan_backward(const at::Tensor& grad_spikes, const at::T
     });
   });
   auto none = at::Tensor();
-  return {grad_cur, te_grad ? gte_part.sum(0) : none, need_alpha ? galpha_part.sum(0) : none};
+  // Sum the per-chunk partials serially: a few [T, N] rows, cheaper than launching a parallel
+  // aten reduction (on a loaded machine every parallel region can wait for a time slice).
+  return {grad_cur, te_grad ? sum_chunks(gte_part) : none,
+          need_alpha ? sum_chunks(galpha_part) : none};
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
