@@ -138,7 +138,11 @@ SUITES = {
 
 # ----------------------------------------------------------------------------- one run
 def spec_key(spec: dict) -> str:
-    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
+    """Hash of the validated spec (defaults filled in), so equal configs share a key."""
+    from celif_core.spec import validate_spec
+
+    full = validate_spec(spec).to_dict()
+    return hashlib.sha256(json.dumps(full, sort_keys=True).encode()).hexdigest()[:16]
 
 
 class _Curve:

@@ -15,6 +15,7 @@ Environment:
 from __future__ import annotations
 
 import ctypes
+import hashlib
 import logging
 import os
 import sys
@@ -71,7 +72,13 @@ def _build() -> ModuleType:
     # reference and spikes match it exactly.
     if os.environ.get("CELIF_KERNEL_NATIVE", "1") != "0":
         cflags.append("-march=native")
-    name = "celif_scan_cpu" + ("" if "-march=native" in cflags else "_generic")
+    # One build directory per (checkout, source, flags): torch's cache otherwise keys on the
+    # name alone, and two checkouts (or an edited source) sharing it rebuild each other's
+    # library on every alternate use (ninja sees a changed build file each time).
+    key = hashlib.sha256(
+        f"{_SOURCE.resolve()}\n{' '.join(cflags)}\n".encode() + _SOURCE.read_bytes()
+    ).hexdigest()[:12]
+    name = f"celif_scan_cpu_{key}"
     return load(
         name=name,
         sources=[str(_SOURCE)],
