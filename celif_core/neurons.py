@@ -40,6 +40,7 @@ class _Neuron(nn.Module):
         self.detach_reset = bool(detach_reset)
         self.backend = backend
         self.memory = memory
+        self._fixed: tuple[str, ...] = ()  # the neuron-specific fixed hyperparameters, in order
         self._buffer("theta0", theta0)
         self._buffer("surrogate_width", surrogate_width)
 
@@ -48,11 +49,18 @@ class _Neuron(nn.Module):
             raise ValueError(f"{name} must be a number, got {value!r}")
         self.register_buffer(name, torch.tensor(float(value), dtype=torch.float64))
 
+    def _fixed_buffers(self, **values: float) -> None:
+        """Register each fixed hyperparameter as a float64 buffer and pass it to the scan."""
+        for name, value in values.items():
+            self._buffer(name, value)
+            self._fixed += (name,)
+
     def _params(self) -> dict:
         return {
             "theta0": float(self.theta0),
             "surrogate_width": float(self.surrogate_width),
             "detach_reset": self.detach_reset,
+            **{name: float(getattr(self, name)) for name in self._fixed},
         }
 
     def _check_size(self, current: torch.Tensor) -> None:
@@ -109,10 +117,7 @@ class LIF(_Neuron):
             backend=backend,
             memory=memory,
         )
-        self._buffer("alpha", alpha)
-
-    def _params(self) -> dict:
-        return {**super()._params(), "alpha": float(self.alpha)}
+        self._fixed_buffers(alpha=alpha)
 
 
 class ALIF(_Neuron):
@@ -141,17 +146,7 @@ class ALIF(_Neuron):
             backend=backend,
             memory=memory,
         )
-        self._buffer("alpha", alpha)
-        self._buffer("rho", rho)
-        self._buffer("beta", beta)
-
-    def _params(self) -> dict:
-        return {
-            **super()._params(),
-            "alpha": float(self.alpha),
-            "rho": float(self.rho),
-            "beta": float(self.beta),
-        }
+        self._fixed_buffers(alpha=alpha, rho=rho, beta=beta)
 
 
 class PLIF(_Neuron):
@@ -235,8 +230,7 @@ class CELIF(_Neuron):
         if ce_mode not in CE_MODES:
             raise ValueError(f"ce_mode must be one of {list(CE_MODES)}, got {ce_mode!r}")
         self.ce_mode = ce_mode
-        self._buffer("alpha", alpha)
-        self._buffer("rho", rho)
+        self._fixed_buffers(alpha=alpha, rho=rho)
         if te_steps is not None:
             if size is None or not isinstance(te_steps, int) or te_steps <= 0:
                 raise ValueError("te_steps must be a positive int, and needs size")
@@ -245,12 +239,7 @@ class CELIF(_Neuron):
             self.te = None
 
     def _params(self) -> dict:
-        return {
-            **super()._params(),
-            "alpha": float(self.alpha),
-            "rho": float(self.rho),
-            "ce_mode": self.ce_mode,
-        }
+        return {**super()._params(), "ce_mode": self.ce_mode}
 
     def forward(
         self,

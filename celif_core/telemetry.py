@@ -65,6 +65,19 @@ def energy_estimate(
     }
 
 
+def spec_energy_estimate(spec: Any, *, seq_len: int, firing_rates: list[float]) -> dict[str, float]:
+    """``energy_estimate`` for the network a job spec describes."""
+    return energy_estimate(
+        neuron=spec.model.neuron,
+        architecture=spec.model.architecture,
+        input_size=spec.input_size,
+        hidden=list(spec.model.hidden),
+        output_size=spec.output_size,
+        seq_len=seq_len,
+        firing_rates=firing_rates,
+    )
+
+
 @torch.no_grad()
 def spike_telemetry(
     model: Any, batches: Iterable[tuple[torch.Tensor, Any]], *, max_batches: int | None = None
@@ -94,12 +107,8 @@ def spike_telemetry(
         model.train(was_training)
     rates = [s / count for s in sums] if sums and count else []
     spec = model.spec
-    energy = energy_estimate(
-        neuron=spec.model.neuron,
-        architecture=spec.model.architecture,
-        input_size=spec.input_size,
-        hidden=list(spec.model.hidden),
-        output_size=spec.output_size,
+    energy = spec_energy_estimate(
+        spec,
         seq_len=seq_len or spec.seq_len,
         firing_rates=rates if spec.model.neuron != "lstm" else [],
     )

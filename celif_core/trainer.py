@@ -31,7 +31,7 @@ from celif_core.errors import TrainingError
 from celif_core.models import CelifNetwork, build_model
 from celif_core.spec import JobSpec, validate_spec
 from celif_core.tasks import MetricSums, Task, build_task
-from celif_core.telemetry import energy_estimate
+from celif_core.telemetry import spec_energy_estimate
 
 MetricPoint = dict[str, Any]
 TRAIN_FLUSH_EVERY = 10  # train-loss points are delivered to on_metrics in batches of this many
@@ -326,16 +326,7 @@ class Trainer:
         if rates is None:
             self.evaluate(split)
             rates = self.last_firing_rates[split]
-        spec = self.spec
-        energy = energy_estimate(
-            neuron=spec.model.neuron,
-            architecture=spec.model.architecture,
-            input_size=spec.input_size,
-            hidden=list(spec.model.hidden),
-            output_size=spec.output_size,
-            seq_len=spec.seq_len,
-            firing_rates=rates,
-        )
+        energy = spec_energy_estimate(self.spec, seq_len=self.spec.seq_len, firing_rates=rates)
         return {"split": split, "firing_rates": rates, **energy}
 
     # ------------------------------------------------------------------ checkpoints

@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from service.auth.service import verify_token
 from service.db.models import User
-from service.db.session import get_sessionmaker
+from service.db.session import get_sessionmaker, transaction
 from service.errors import Unauthorized
 from service.settings import Settings
 
@@ -42,15 +42,8 @@ def get_session(factory: SessionFactoryDep) -> Iterator[Session]:
     Service functions commit what they change (one commit per request); what is left pending
     here (e.g. a token's last-used time) is committed on a normal exit and rolled back on error.
     """
-    session = factory()
-    try:
+    with transaction(factory) as session:
         yield session
-        session.commit()
-    except BaseException:
-        session.rollback()
-        raise
-    finally:
-        session.close()
 
 
 # scope="function": the session is committed and closed when the endpoint returns, before the

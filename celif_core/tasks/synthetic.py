@@ -14,7 +14,30 @@ import torch
 from celif_core.tasks.base import Task, derived_generator, split_batches
 
 
-class AddingTask(Task):
+class _GeneratedTask(Task):
+    """A task whose examples come from ``generate(n, gen)``: fixed val/test sets drawn from the
+    task's own ``seed``, fresh training batches drawn from ``(training seed, step)``."""
+
+    def generate(self, n: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        raise NotImplementedError
+
+    def _make_eval_sets(self, val_size: int, test_size: int, seed: int) -> None:
+        self._val = self.generate(val_size, derived_generator(seed, "val"))
+        self._test = self.generate(test_size, derived_generator(seed, "test"))
+
+    def train_batch(
+        self, step: int, batch_size: int, seed: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.generate(batch_size, derived_generator(seed, "train", step))
+
+    def eval_batches(
+        self, split: str, batch_size: int
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        x, y = _pick(self, split)
+        return split_batches(x, y, batch_size)
+
+
+class AddingTask(_GeneratedTask):
     """Input ``[value ~ U[0,1], marker]`` per step; one marker in each half; target = sum of the
     two marked values. Predicting the mean (1.0) scores MSE 1/6 ~ 0.167 (the baseline)."""
 
@@ -31,8 +54,7 @@ class AddingTask(Task):
         if seq_len < 2:
             raise ValueError(f"adding: seq_len must be >= 2, got {seq_len}")
         self.seq_len = int(seq_len)
-        self._val = self.generate(val_size, derived_generator(seed, "val"))
-        self._test = self.generate(test_size, derived_generator(seed, "test"))
+        self._make_eval_sets(val_size, test_size, seed)
 
     def generate(self, n: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         t = self.seq_len
@@ -48,19 +70,8 @@ class AddingTask(Task):
         y = values[rows, first] + values[rows, second]  # [N]
         return x, y
 
-    def train_batch(
-        self, step: int, batch_size: int, seed: int
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.generate(batch_size, derived_generator(seed, "train", step))
 
-    def eval_batches(
-        self, split: str, batch_size: int
-    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        x, y = _pick(self, split)
-        return split_batches(x, y, batch_size)
-
-
-class CopyMemoryTask(Task):
+class CopyMemoryTask(_GeneratedTask):
     """One-hot of 10 symbols: 10 keys drawn from 1-8, ``delay`` blanks (symbol 0), 10 markers
     (symbol 9). Target: blank (0) everywhere except the last 10 steps, which must repeat the keys.
     The loss (cross-entropy) is over all ``delay + 20`` steps; accuracy over the last 10. The
@@ -82,8 +93,7 @@ class CopyMemoryTask(Task):
         self.delay = int(delay)
         self.seq_len = self.delay + 2 * self.n_keys
         self.baseline = self.n_keys * math.log(8) / self.seq_len
-        self._val = self.generate(val_size, derived_generator(seed, "val"))
-        self._test = self.generate(test_size, derived_generator(seed, "test"))
+        self._make_eval_sets(val_size, test_size, seed)
 
     def generate(self, n: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         k, t = self.n_keys, self.seq_len
@@ -96,24 +106,13 @@ class CopyMemoryTask(Task):
         y[:, -k:] = keys
         return x, y
 
-    def train_batch(
-        self, step: int, batch_size: int, seed: int
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.generate(batch_size, derived_generator(seed, "train", step))
-
-    def eval_batches(
-        self, split: str, batch_size: int
-    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        x, y = _pick(self, split)
-        return split_batches(x, y, batch_size)
-
     def _sequence_accuracy(self, output: torch.Tensor, target: torch.Tensor) -> tuple[float, float]:
         k = self.n_keys
         pred = output[:, -k:].argmax(-1)
         return float((pred == target[:, -k:]).sum()), float(target[:, -k:].numel())
 
 
-def _pick(task: AddingTask | CopyMemoryTask, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+def _pick(task: _GeneratedTask, split: str) -> tuple[torch.Tensor, torch.Tensor]:
     if split == "val":
         return task._val
     if split == "test":

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
+
+from service.datasets.validate import DatasetKind, DatasetTarget
 
 
 class DatasetOut(BaseModel):
@@ -19,8 +20,8 @@ class DatasetOut(BaseModel):
     seq_len: int
     input_size: int
     output_size: int
-    kind: Literal["classification", "regression"]
-    target: Literal["per_sequence", "per_step"]
+    kind: DatasetKind
+    target: DatasetTarget
     created_at: datetime
 
 

@@ -18,6 +18,9 @@ MIN_SEQUENCES = 10
 MAX_CLASSES = 10_000
 REQUIRED_KEYS = ("x", "y")
 
+DatasetKind = Literal["classification", "regression"]
+DatasetTarget = Literal["per_sequence", "per_step"]  # one target per sequence, or per step
+
 
 class InvalidDataset(ValueError):
     """The upload is not a usable dataset; the message says why."""
@@ -29,8 +32,8 @@ class DatasetFacts:
     seq_len: int
     input_size: int
     output_size: int
-    kind: Literal["classification", "regression"]
-    target: Literal["per_sequence", "per_step"]
+    kind: DatasetKind
+    target: DatasetTarget
 
 
 def _shape(shape: tuple[int, ...]) -> str:
@@ -113,7 +116,7 @@ def inspect_npz(
             f"got dtype {y_dtype}"
         )
     if y_shape == (n,):
-        target: Literal["per_sequence", "per_step"] = "per_sequence"
+        target: DatasetTarget = "per_sequence"
     elif y_shape == (n, t):
         target = "per_step"
     else:

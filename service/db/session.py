@@ -35,7 +35,15 @@ def get_sessionmaker(url: str) -> sessionmaker[Session]:
 @contextmanager
 def session_scope(url: str) -> Iterator[Session]:
     """One transaction: commit on success, roll back on error."""
-    session = get_sessionmaker(url)()
+    with transaction(get_sessionmaker(url)) as session:
+        yield session
+
+
+@contextmanager
+def transaction(factory: sessionmaker[Session]) -> Iterator[Session]:
+    """A session from ``factory`` as one transaction: commit on success, roll back on error,
+    always closed."""
+    session = factory()
     try:
         yield session
         session.commit()

@@ -94,8 +94,7 @@ def close_stream(
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
-@router.get("/jobs/{job_id}/te_similarity", response_model=TeSimilarity)
-def te_similarity(
+def te_similarity_result(
     job_id: str,
     session: SessionDep,
     user: CurrentUser,
@@ -104,7 +103,8 @@ def te_similarity(
     checkpoint: str = "best",
     layer: Annotated[int, Query(ge=0)] = 0,
 ) -> dict:
-    result = service.te_similarity(
+    """The TE similarity of a job's checkpoint: what both the JSON and the PNG route serve."""
+    return service.te_similarity(
         session,
         user,
         job_id,
@@ -113,6 +113,13 @@ def te_similarity(
         settings=settings,
         runtime=runtime,
     )
+
+
+TeSimilarityResult = Annotated[dict, Depends(te_similarity_result)]
+
+
+@router.get("/jobs/{job_id}/te_similarity", response_model=TeSimilarity)
+def te_similarity(result: TeSimilarityResult) -> dict:
     return {**result, "matrix": result["matrix"].round(4).tolist()}
 
 
@@ -121,24 +128,7 @@ def te_similarity(
     response_class=Response,
     responses={200: {"content": {"image/png": {}}}},
 )
-def te_similarity_png(
-    job_id: str,
-    session: SessionDep,
-    user: CurrentUser,
-    settings: SettingsDep,
-    runtime: RuntimeDep,
-    checkpoint: str = "best",
-    layer: Annotated[int, Query(ge=0)] = 0,
-) -> Response:
-    result = service.te_similarity(
-        session,
-        user,
-        job_id,
-        checkpoint=checkpoint,
-        layer=layer,
-        settings=settings,
-        runtime=runtime,
-    )
+def te_similarity_png(result: TeSimilarityResult) -> Response:
     return Response(service.te_similarity_png(result), media_type="image/png")
 
 

@@ -158,10 +158,11 @@ def _load(runtime: Runtime, ckpt: Checkpoint, path: Path) -> tuple[Any, bool]:
 
 def _resolve(
     session: Session, user: User, job_id: str, ref: str, settings: Settings
-) -> tuple[Job, Checkpoint, Path]:
+) -> tuple[Job, JobSpec, Checkpoint, Path]:
+    """The user's job, its spec, and the checkpoint ``ref`` names (row and file)."""
     job = get_owned_job(session, user, job_id)
     ckpt, path = resolve_checkpoint(session, job, ref, storage_dir=settings.storage_dir)
-    return job, ckpt, path
+    return job, _spec_of(job), ckpt, path
 
 
 # ----------------------------------------------------------------------------- predict
@@ -216,8 +217,7 @@ def open_stream(
 ) -> dict[str, Any]:
     from service import inference
 
-    job, ckpt, path = _resolve(session, user, job_id, checkpoint, settings)
-    spec = _spec_of(job)
+    job, spec, ckpt, path = _resolve(session, user, job_id, checkpoint, settings)
     loaded, _ = _load(runtime, ckpt, path)
     exact, max_t = step_limit(spec)
     try:
@@ -297,8 +297,7 @@ def te_similarity(
 ) -> dict[str, Any]:
     from service import inference
 
-    job, ckpt, path = _resolve(session, user, job_id, checkpoint, settings)
-    spec = _spec_of(job)
+    job, spec, ckpt, path = _resolve(session, user, job_id, checkpoint, settings)
     if not spec.uses_te:
         raise NotFound(
             f"job {job_id} has no TE table (neuron={spec.model.neuron!r}"

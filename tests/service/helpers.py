@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import copy
-import time
 from collections.abc import Callable
 from typing import Any
+
+from tests import helpers
 
 SMALL_SPEC: dict[str, Any] = {
     "name": "adding-20",
@@ -27,11 +28,4 @@ def small_spec(**sections: Any) -> dict[str, Any]:
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, interval: float = 0.02) -> Any:
-    end = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > end:
-            raise AssertionError("timed out")
-        time.sleep(interval)
+    return helpers.wait_for(predicate, timeout, interval=interval)

@@ -14,7 +14,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -28,6 +27,7 @@ from sqlalchemy import select
 
 from service.db.models import Checkpoint, Job, User
 from service.db.session import session_scope
+from tests.helpers import free_port, wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 MNIST_DIR = os.environ.get("CELIF_MNIST_DIR", str(REPO.parent / "shared" / "data" / "mnist"))
@@ -115,12 +115,6 @@ def make_job(
 
 
 # ----------------------------------------------------------------------------- celif serve
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class EmbeddedServer:
     """`celif serve` in `data_dir` (SQLite + filesystem broker + one supervised worker)."""
 
@@ -192,11 +186,4 @@ class EmbeddedServer:
 
 
 def wait_until(predicate, timeout: float, what: str, interval: float = 0.2) -> Any:
-    end = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > end:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(interval)
+    return wait_for(predicate, timeout, what, interval)

@@ -9,12 +9,10 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
-import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,6 +21,8 @@ import httpx
 import psycopg
 import pytest
 import redis
+
+from tests.helpers import free_port, wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 PG_HOST = os.environ.get("CELIF_TEST_PG_HOST", "127.0.0.1")
@@ -49,24 +49,6 @@ def adding_spec(**training: Any) -> dict[str, Any]:
     spec = {k: dict(v) if isinstance(v, dict) else v for k, v in ADDING_SPEC.items()}
     spec["training"] = {**ADDING_SPEC["training"], **training}
     return spec
-
-
-def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.05):
-    """Poll until `predicate()` is truthy (returned) or fail after `timeout` seconds."""
-    end = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > end:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def migrate(url: str) -> None:
