@@ -9,7 +9,7 @@ printed under the table. The figures in ``docs/results.md`` come from these comm
     python bench/results.py --suite adding    --steps 1500 --seq-len 50
     python bench/results.py --suite copy      --steps 400  --delay 50
     python bench/results.py --suite ablation  --steps 1500 --seq-len 50
-    python bench/results.py --suite smnist    --steps 300  --mnist-dir /path/to/mnist
+    python bench/results.py --suite smnist    --steps 800  --eval-every 100 --mnist-dir /path/to/mnist
 
 Suites:
 
