@@ -68,6 +68,13 @@ class DatasetParams(_Strict):
     target: Literal["per_sequence", "per_step"] | None = None
 
 
+def _dataset_kind(p: DatasetParams) -> str:
+    """Per-sequence targets keep their kind; per-step ones are sequence outputs."""
+    if p.target != "per_step":
+        return p.kind
+    return "sequence" if p.kind == "classification" else "sequence_regression"
+
+
 @dataclass(frozen=True)
 class TaskInfo:
     name: str
@@ -120,11 +127,7 @@ TASKS: dict[str, TaskInfo] = {
         "dataset",
         "An uploaded NPZ dataset (x [N,T,F], y [N] or [N,T]); classification or regression.",
         DatasetParams,
-        lambda p: (
-            "sequence"
-            if p.target == "per_step" and p.kind == "classification"
-            else ("sequence_regression" if p.target == "per_step" else p.kind)
-        ),
+        _dataset_kind,
         lambda p: p.seq_len,
         lambda p: p.input_size,
         lambda p: p.output_size,
@@ -270,6 +273,11 @@ class SpecError(ValueError):
         super().__init__("; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in errors))
 
 
+def _fail(loc: list, msg: str, kind: str = "value_error") -> SpecError:
+    """A one-error SpecError for the field at `loc`."""
+    return SpecError([{"loc": loc, "msg": msg, "type": kind}])
+
+
 def _errors(exc: ValidationError, prefix: tuple) -> list[dict[str, Any]]:
     return [
         {"loc": [*prefix, *err["loc"]], "msg": err["msg"], "type": err["type"]}
@@ -324,18 +332,12 @@ def validate_spec(
     task when those facts are not already in the params (a spec read back from a checkpoint).
     """
     if not isinstance(data, Mapping):
-        raise SpecError([{"loc": [], "msg": "spec must be a JSON object", "type": "type_error"}])
+        raise _fail([], "spec must be a JSON object", "type_error")
     raw = _check(_RawSpec, data, ())
     for i, width in enumerate(raw.model.hidden):
         if not 1 <= width <= 4096:
-            raise SpecError(
-                [
-                    {
-                        "loc": ["model", "hidden", i],
-                        "msg": f"layer width must be between 1 and 4096, got {width}",
-                        "type": "value_error",
-                    }
-                ]
+            raise _fail(
+                ["model", "hidden", i], f"layer width must be between 1 and 4096, got {width}"
             )
 
     task_params = dict(raw.task.params)
@@ -365,26 +367,14 @@ def _resolve_dataset(params: dict[str, Any], datasets: DatasetResolver | None) -
         return params  # already resolved (e.g. read back from a checkpoint)
     dataset_id = params.get("dataset_id")
     if not isinstance(dataset_id, str) or not dataset_id:
-        raise SpecError(
-            [
-                {
-                    "loc": ["task", "params", "dataset_id"],
-                    "msg": "required: the id returned by POST /api/v1/datasets",
-                    "type": "missing",
-                }
-            ]
+        raise _fail(
+            ["task", "params", "dataset_id"],
+            "required: the id returned by POST /api/v1/datasets",
+            "missing",
         )
     info = datasets(dataset_id) if datasets is not None else None
     if info is None:
-        raise SpecError(
-            [
-                {
-                    "loc": ["task", "params", "dataset_id"],
-                    "msg": f"no dataset with id {dataset_id!r}",
-                    "type": "value_error",
-                }
-            ]
-        )
+        raise _fail(["task", "params", "dataset_id"], f"no dataset with id {dataset_id!r}")
     resolved = dict(params)
     kind = params.get("kind", "auto")
     if kind == "auto":
@@ -399,50 +389,28 @@ def _resolve_dataset(params: dict[str, Any], datasets: DatasetResolver | None) -
 
 def _check_cross_fields(spec: JobSpec, max_activation_bytes: int) -> None:
     if spec.model.neuron == "lstm" and spec.model.architecture != "feedforward":
-        raise SpecError(
-            [
-                {
-                    "loc": ["model", "architecture"],
-                    "msg": "the LSTM baseline is recurrent by construction; leave architecture "
-                    "as 'feedforward'",
-                    "type": "value_error",
-                }
-            ]
+        raise _fail(
+            ["model", "architecture"],
+            "the LSTM baseline is recurrent by construction; leave architecture as 'feedforward'",
         )
     if spec.uses_te and spec.te_length < spec.seq_len:
-        raise SpecError(
-            [
-                {
-                    "loc": ["model", "te_length"],
-                    "msg": f"the TE table has {spec.te_length} rows but the task's sequences have "
-                    f"T={spec.seq_len} steps; te_length must be >= {spec.seq_len}",
-                    "type": "value_error",
-                }
-            ]
+        raise _fail(
+            ["model", "te_length"],
+            f"the TE table has {spec.te_length} rows but the task's sequences have "
+            f"T={spec.seq_len} steps; te_length must be >= {spec.seq_len}",
         )
     if spec.training.bptt_chunk is not None and spec.model.neuron == "lstm":
-        raise SpecError(
-            [
-                {
-                    "loc": ["training", "bptt_chunk"],
-                    "msg": "truncated BPTT is implemented for the spiking neurons only",
-                    "type": "value_error",
-                }
-            ]
+        raise _fail(
+            ["training", "bptt_chunk"], "truncated BPTT is implemented for the spiking neurons only"
         )
     est = estimate(spec)
     if est["activation_bytes"] > max_activation_bytes:
-        raise SpecError(
-            [
-                {
-                    "loc": ["training", "batch_size"],
-                    "msg": f"batch of {spec.training.batch_size} sequences of T={spec.seq_len} "
-                    f"needs about {est['activation_bytes'] / 2**30:.1f} GiB of activations, over "
-                    f"the limit of {max_activation_bytes / 2**30:.1f} GiB; lower batch_size or "
-                    f"set training.memory='recompute'",
-                    "type": "value_error",
-                }
-            ]
+        raise _fail(
+            ["training", "batch_size"],
+            f"batch of {spec.training.batch_size} sequences of T={spec.seq_len} "
+            f"needs about {est['activation_bytes'] / 2**30:.1f} GiB of activations, over "
+            f"the limit of {max_activation_bytes / 2**30:.1f} GiB; lower batch_size or "
+            f"set training.memory='recompute'",
         )
 
 

@@ -48,6 +48,20 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _fill_paths(self) -> Settings:
+        if self.environment == "production":
+            # The embedded defaults (a SQLite file, a filesystem queue) would silently split a
+            # multi-host deployment into islands: production must name its servers.
+            missing = [
+                f"CELIF_{name.upper()}"
+                for name in ("database_url", "broker_url")
+                if getattr(self, name) is None
+            ]
+            if missing:
+                raise ValueError(
+                    f"CELIF_ENVIRONMENT=production needs {' and '.join(missing)} set (e.g. "
+                    "postgresql+psycopg://... and redis://...); the SQLite/filesystem defaults "
+                    "are for the embedded mode only"
+                )
         data = self.data_dir
         if self.database_url is None:
             self.database_url = f"sqlite:///{(data / 'celif.db').resolve()}"

@@ -27,8 +27,9 @@ from typing import Any, NamedTuple
 
 import torch
 
+from celif_core.spec import CE_MODES
+
 NEURONS = ("lif", "alif", "plif", "celif")
-CE_MODES = ("none", "spike", "membrane", "te", "spike_te", "membrane_te")
 # ce_modes whose contextual embedding reads the temporal-encoding table
 TE_MODES = ("te", "spike_te", "membrane_te")
 
