@@ -26,37 +26,54 @@ from celif_core.functional.reference import (
     zero_state,
 )
 
-BACKENDS = ("auto", "fused", "reference")
+BACKENDS = ("auto", "fused", "triton", "reference")
 FUSED_DTYPES = (torch.float32, torch.float64)
 
 
 # --------------------------------------------------------------------------- backend reporting
 
 
-def fused_available(device: str | torch.device = "cpu") -> bool:
-    """Whether the fused kernel can run on ``device`` (builds the CPU extension on first call)."""
-    if torch.device(device).type != "cpu":
-        return False  # no GPU kernel yet: CUDA tensors run the reference scan
-    from celif_core.kernels import load_cpu_extension
+def _fused_impl(device: torch.device) -> str:
+    """The compiled kernel that serves ``device``: C++ on CPU, Triton elsewhere (CUDA)."""
+    return "cpu" if device.type == "cpu" else "triton"
 
-    return load_cpu_extension() is not None
+
+def _impl_unavailable_reason(impl: str, device: torch.device) -> str | None:
+    from celif_core import kernels
+
+    if impl == "cpu":
+        if device.type != "cpu":
+            return f"the C++ kernel runs CPU tensors, got device {device.type!r}"
+        if kernels.load_cpu_extension() is None:
+            return f"the CPU extension failed to load ({kernels.cpu_extension_error()})"
+        return None
+    module = kernels.load_triton()
+    if module is None:
+        return f"Triton is not available ({kernels.triton_error()})"
+    if device.type == "cuda":
+        return None if torch.cuda.is_available() else "CUDA is not available"
+    if device.type == "cpu" and module.INTERPRETED:
+        return None  # Triton's interpreter (TRITON_INTERPRET=1): slow, for verification
+    return f"the Triton kernel runs CUDA tensors (CPU only under TRITON_INTERPRET=1), got {device.type!r}"
+
+
+def fused_available(device: str | torch.device = "cpu") -> bool:
+    """Whether a fused kernel can run on ``device`` (builds the CPU extension on first call)."""
+    device = torch.device(device)
+    return _impl_unavailable_reason(_fused_impl(device), device) is None
 
 
 def active_backend(device: str | torch.device = "cpu") -> str:
-    """The backend ``backend="auto"`` runs on ``device``: ``"fused-cpu"`` or ``"reference"``."""
-    return "fused-cpu" if fused_available(device) else "reference"
+    """The backend ``backend="auto"`` runs on ``device``: ``"fused-cpu"``, ``"fused-triton"``
+    or ``"reference"``."""
+    device = torch.device(device)
+    return f"fused-{_fused_impl(device)}" if fused_available(device) else "reference"
 
 
-def _fused_unavailable_reason(current: torch.Tensor) -> str | None:
-    if current.device.type != "cpu":
-        return f"no fused kernel for device {current.device.type!r}"
+def _unavailable_reason(impl: str, current: torch.Tensor) -> str | None:
     if current.dtype not in FUSED_DTYPES:
-        return f"the fused kernel supports float32/float64, got {current.dtype}"
-    if not fused_available("cpu"):
-        from celif_core.kernels import cpu_extension_error
-
-        return f"the CPU extension failed to load ({cpu_extension_error()})"
-    return None
+        return f"the fused kernels support float32/float64, got {current.dtype}"
+    return _impl_unavailable_reason(impl, current.device)
 
 
 # --------------------------------------------------------------------------- the scan
@@ -78,7 +95,9 @@ def neuron_scan(
     ``params``: see ``reference.resolve_params``. ``te``: [>=T, N] temporal-encoding table for
     celif ce_modes ``te``/``spike_te``/``membrane_te`` (its first T rows are used).
     ``backend``: ``"auto"`` (fused when available for this device/dtype, else reference),
-    ``"fused"`` or ``"reference"``. ``memory`` (fused only): ``"save"`` keeps U and one byte per
+    ``"fused"`` (the device's compiled kernel: C++ on CPU, Triton on CUDA), ``"triton"`` (the
+    Triton kernel; on CPU only under ``TRITON_INTERPRET=1``, for verification) or
+    ``"reference"``. ``memory`` (fused only): ``"save"`` keeps U and one byte per
     element for backward; ``"recompute"`` keeps only the input and re-runs the forward in
     backward.
     """
@@ -104,12 +123,13 @@ def neuron_scan(
         _check_state(state, (B, N), "state")
         state = NeuronState(*(x.detach().to(current.dtype) for x in state))
 
+    impl = "triton" if backend == "triton" else _fused_impl(current.device)
     if backend == "auto":
-        backend = "reference" if _fused_unavailable_reason(current) else "fused"
-    elif backend == "fused":
-        reason = _fused_unavailable_reason(current)
+        backend = "reference" if _unavailable_reason(impl, current) else "fused"
+    elif backend != "reference":
+        reason = _unavailable_reason(impl, current)
         if reason:
-            raise ValueError(f"backend='fused' is not available: {reason}")
+            raise ValueError(f"backend={backend!r} is not available: {reason}")
 
     if backend == "reference":
         return reference_scan(current, neuron=neuron, params=p, te=te_rows, state=state,
@@ -121,7 +141,7 @@ def neuron_scan(
         alpha_t = alpha.to(current.dtype)
     else:
         alpha_t = torch.tensor(alpha, dtype=current.dtype)
-    cfg = make_config(p, ce_coefficients(neuron, p), memory=memory, traces=traces)
+    cfg = make_config(p, ce_coefficients(neuron, p), memory=memory, traces=traces, impl=impl)
     st = zero_state(current) if state is None else state
     spikes, final, u_tr, th_tr = fused_scan(
         current, None if te_rows is None else te_rows.to(current.dtype), alpha_t, st, cfg

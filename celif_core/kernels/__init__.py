@@ -1,4 +1,4 @@
-"""Fused neuron scans: the compiled CPU extension and its loader.
+"""Fused neuron scans: the compiled CPU extension, the Triton kernel for CUDA, and their loaders.
 
 The C++ source (``scan_cpu.cpp``) is compiled with ``torch.utils.cpp_extension.load`` the first
 time a fused scan runs in a process, and cached by torch under ``$TORCH_EXTENSIONS_DIR``
@@ -6,8 +6,11 @@ time a fused scan runs in a process, and cached by torch under ``$TORCH_EXTENSIO
 second. If the build fails, :func:`load_cpu_extension` logs one warning and returns ``None``, and
 ``celif_core.functional`` falls back to the reference scan.
 
+CUDA tensors run ``scan_triton.py`` (Triton, compiled by Triton's own JIT on first launch) when
+the ``triton`` package imports; :func:`load_triton` returns ``None`` otherwise.
+
 Environment:
-    CELIF_DISABLE_FUSED=1   never build or use the fused kernel (reference everywhere)
+    CELIF_DISABLE_FUSED=1   never build or use a fused kernel (reference everywhere)
     CELIF_KERNEL_NATIVE=0   build without ``-march=native`` (e.g. a build cache shared by
                             hosts with different CPUs)
 """
@@ -60,6 +63,25 @@ def cpu_extension_error() -> str | None:
     if _disabled():
         return "disabled by CELIF_DISABLE_FUSED"
     return _state["error"]  # type: ignore[return-value]
+
+
+def load_triton() -> ModuleType | None:
+    """The Triton scan module, or ``None`` if Triton is not installed or disabled."""
+    if _disabled():
+        return None
+    try:
+        from celif_core.kernels import scan_triton
+    except ImportError as exc:
+        _state["triton_error"] = f"{type(exc).__name__}: {exc}"
+        return None
+    return scan_triton
+
+
+def triton_error() -> str | None:
+    """Why the Triton kernel is unavailable (after a failed import), else ``None``."""
+    if _disabled():
+        return "disabled by CELIF_DISABLE_FUSED"
+    return _state.get("triton_error")  # type: ignore[return-value]
 
 
 def _build() -> ModuleType:

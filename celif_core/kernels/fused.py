@@ -1,5 +1,7 @@
-"""Autograd wrapper around the compiled scan: forward and backward each run the whole time loop
-in C++ (``scan_cpu.cpp``); Python only prepares contiguous inputs and reduces ``alpha``'s grad.
+"""Autograd wrapper around the compiled scans: forward and backward each run the whole time loop
+in compiled code, C++ on CPU (``scan_cpu.cpp``) or Triton on CUDA (``scan_triton.py``); both
+expose the same ``forward``/``backward``. Python only prepares contiguous inputs and reduces
+``alpha``'s grad.
 
 Memory modes (what is kept between forward and backward, per element of [T, B, N]):
     "save"       U (one scalar) + a uint8 packing S[t] and the surrogate window: 5 bytes in f32.
@@ -12,9 +14,10 @@ from typing import Any, NamedTuple
 
 import torch
 
-from celif_core.kernels import CE_MODE_IDS, load_cpu_extension
+from celif_core.kernels import CE_MODE_IDS, load_cpu_extension, load_triton
 
 MEMORY_MODES = ("save", "recompute")
+IMPLS = ("cpu", "triton")  # which compiled kernel runs the scan
 
 
 class KernelConfig(NamedTuple):
@@ -27,10 +30,21 @@ class KernelConfig(NamedTuple):
     detach_reset: bool
     memory: str
     traces: bool
+    impl: str  # one of IMPLS
+
+
+def _kernel(cfg: KernelConfig) -> Any:
+    """The module whose ``forward``/``backward`` run this config's scan."""
+    return load_triton() if cfg.impl == "triton" else load_cpu_extension()
 
 
 def make_config(
-    p: dict[str, Any], coefs: tuple[float, float, float], *, memory: str, traces: bool
+    p: dict[str, Any],
+    coefs: tuple[float, float, float],
+    *,
+    memory: str,
+    traces: bool,
+    impl: str = "cpu",
 ) -> KernelConfig:
     rho, gain, scale = coefs
     return KernelConfig(
@@ -43,6 +57,7 @@ def make_config(
         p["detach_reset"],
         memory,
         traces,
+        impl,
     )
 
 
@@ -56,7 +71,7 @@ class FusedScan(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, current, te, alpha, u0, s0, eta0, cfg: KernelConfig):
-        ext = load_cpu_extension()
+        ext = _kernel(cfg)
         N = current.shape[2]
         alpha_vec = alpha.detach().expand(N).contiguous()  # [N]
         needs_grad = any(ctx.needs_input_grad[:3])
@@ -80,7 +95,7 @@ class FusedScan(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_spikes, *_unused):
         cfg: KernelConfig = ctx.cfg
-        ext = load_cpu_extension()
+        ext = _kernel(cfg)
         if cfg.memory == "save":
             u, code, te, alpha_vec, u0, s0 = ctx.saved_tensors
         else:
