@@ -7,11 +7,15 @@ is clean; all configs run in the same invocation so their times are comparable.
 
     python bench/neurons.py                      # B=64 and B=256, 5 timed steps each
     python bench/neurons.py --batch 64 --steps 5 --configs gemm celif-fused
+    python bench/neurons.py --device cuda --configs gemm celif-fused celif-reference lif-fused
+    python bench/neurons.py --hidden 64 152 152 --batch 256 --configs gemm celif-fused
 
 Columns: median step time, ratio to the GEMM-only bound (the same network with every neuron
 replaced by the identity), peak RSS growth over the warm-up and timed steps (process baseline
 taken after imports, model and data), and the exact bytes autograd keeps between forward and
-backward (saved tensors, unique storages, input excluded).
+backward (saved tensors, unique storages, input excluded). On ``--device cuda`` the fused
+configs run the Triton kernel, step times are taken after ``torch.cuda.synchronize()`` and the
+peak column is the growth of ``torch.cuda.max_memory_allocated`` instead of RSS.
 """
 
 from __future__ import annotations
@@ -40,7 +44,7 @@ CONFIGS = {
 HIDDEN = (64, 88, 88)
 
 
-def build(kind: str, T: int):
+def build(kind: str, T: int, hidden: tuple[int, ...] = HIDDEN):
     import torch
     from torch import nn
 
@@ -49,18 +53,18 @@ def build(kind: str, T: int):
     class Net(nn.Module):
         def __init__(self) -> None:
             super().__init__()
-            sizes = (1, *HIDDEN)
+            sizes = (1, *hidden)
             self.fcs = nn.ModuleList(
                 nn.Linear(a, b) for a, b in zip(sizes, sizes[1:], strict=False)
             )
-            self.readout = nn.Linear(HIDDEN[-1], 10)
+            self.readout = nn.Linear(hidden[-1], 10)
             # one TE table shared across layers, layer l uses its first N_l columns
-            self.te = nn.Parameter(torch.randn(T, max(HIDDEN)) * 0.1)
+            self.te = nn.Parameter(torch.randn(T, max(hidden)) * 0.1)
             if kind == "snntorch":
                 import snntorch as snn
 
                 self.lifs = nn.ModuleList(
-                    snn.Leaky(beta=0.5, threshold=0.3, reset_mechanism="zero") for _ in HIDDEN
+                    snn.Leaky(beta=0.5, threshold=0.3, reset_mechanism="zero") for _ in hidden
                 )
             if kind == "spikingjelly":
                 from spikingjelly.activation_based import neuron, surrogate
@@ -75,7 +79,7 @@ def build(kind: str, T: int):
                         surrogate_function=surrogate.Sigmoid(),
                         step_mode="m",
                     )  # fmt: skip
-                    for _ in HIDDEN
+                    for _ in hidden
                 )
 
         def neuron(self, layer: int, cur):  # cur [T, B, N] -> spikes [T, B, N]
@@ -113,10 +117,12 @@ def build(kind: str, T: int):
     return Net()
 
 
-def worker(
-    kind: str, batch: int, steps: int, warmup: int, T: int, threads: int, malloc: str
-) -> dict:
+def worker(kind: str, batch: int, args: argparse.Namespace) -> dict:
     import torch
+
+    steps, warmup, T, threads, malloc = args.steps, args.warmup, args.seq, args.threads, args.malloc
+    device = torch.device(args.device)
+    cuda = device.type == "cuda"
 
     if malloc == "tuned":  # same for every config, competitors included
         from celif_core.kernels import tune_allocator
@@ -124,14 +130,15 @@ def worker(
         tune_allocator()
     torch.set_num_threads(threads)
     torch.manual_seed(0)
-    net = build(kind, T)
+    net = build(kind, T, tuple(args.hidden)).to(device)
     opt = torch.optim.Adam(net.parameters(), lr=1e-3)
-    x = torch.rand(T, batch, 1)
-    y = torch.randint(0, 10, (batch,))
+    x = torch.rand(T, batch, 1, device=device)
+    y = torch.randint(0, 10, (batch,), device=device)
     if kind.endswith("fused") or kind.endswith("recompute"):
         from celif_core.functional import active_backend
 
-        assert active_backend() == "fused-cpu", "fused kernel unavailable"
+        expected = "fused-triton" if cuda else "fused-cpu"
+        assert active_backend(device) == expected, f"{expected} kernel unavailable"
     reset = None
     if kind == "spikingjelly":
         from spikingjelly.activation_based import functional as sjf
@@ -139,6 +146,8 @@ def worker(
         reset = sjf.reset_net
 
     def step() -> float:
+        if cuda:
+            torch.cuda.synchronize()
         t0 = time.perf_counter()
         opt.zero_grad(set_to_none=True)
         loss = torch.nn.functional.cross_entropy(net(x), y)
@@ -146,6 +155,8 @@ def worker(
         opt.step()
         if reset is not None:
             reset(net)
+        if cuda:
+            torch.cuda.synchronize()
         return time.perf_counter() - t0
 
     # exact bytes autograd keeps between forward and backward (unique storages), all layers
@@ -166,10 +177,15 @@ def worker(
     # peak RSS growth over the whole run from here (ru_maxrss is KiB on Linux); the baseline
     # holds torch, the model, the data and the loaded kernel, so this is what training adds
     rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    if cuda:  # on the GPU: growth of the allocator's peak over what is allocated now
+        torch.cuda.reset_peak_memory_stats(device)
+        rss0 = torch.cuda.memory_allocated(device) / 1024.0
     for _ in range(warmup):
         step()
     times = [step() for _ in range(steps)]
     rss1 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    if cuda:
+        rss1 = torch.cuda.max_memory_allocated(device) / 1024.0
     return {
         "median_s": statistics.median(times),
         "times": times,
@@ -193,6 +209,7 @@ def run_worker(kind: str, batch: int, args: argparse.Namespace, env: dict) -> di
     cmd = [sys.executable, __file__, "--worker", kind, str(batch)]
     cmd += ["--steps", str(args.steps), "--warmup", str(args.warmup)]
     cmd += ["--seq", str(args.seq), "--threads", str(args.threads), "--malloc", args.malloc]
+    cmd += ["--device", args.device, "--hidden", *map(str, args.hidden)]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")), None)
     if proc.returncode != 0 or line is None:
@@ -219,12 +236,16 @@ def main() -> None:
         help="tuned: celif_core.kernels.tune_allocator() in every config (reuse big blocks "
         "instead of mmap/munmap per tensor); glibc: the defaults",
     )
+    ap.add_argument("--device", default="cpu", help="cpu or cuda (fused = the Triton kernel)")
+    ap.add_argument(
+        "--hidden", type=int, nargs="+", default=list(HIDDEN), help="hidden layer widths"
+    )
     ap.add_argument("--worker", nargs=2, metavar=("CONFIG", "BATCH"), help=argparse.SUPPRESS)
     args = ap.parse_args()
 
     if args.worker:
         kind, batch = args.worker[0], int(args.worker[1])
-        res = worker(kind, batch, args.steps, args.warmup, args.seq, args.threads, args.malloc)
+        res = worker(kind, batch, args)
         print("RESULT " + json.dumps(res))
         return
 
@@ -232,9 +253,10 @@ def main() -> None:
 
     print(
         f"# torch {torch.__version__}, {args.threads} threads, {platform.processor() or platform.machine()}, "
-        f"T={args.seq}, hidden 1-{'-'.join(map(str, HIDDEN))}-10, {args.steps} timed steps "
+        f"T={args.seq}, hidden 1-{'-'.join(map(str, args.hidden))}-10, {args.steps} timed steps "
         f"after {args.warmup} warm-up, {args.repeat} round(s), malloc {args.malloc}, "
-        f"load average {os.getloadavg()[0]:.1f}"
+        f"load average {os.getloadavg()[0]:.1f}, device {args.device}"
+        + (f" ({torch.cuda.get_device_name()})" if args.device == "cuda" else "")
     )
     env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
     kinds = ["gemm", *[c for c in args.configs if c != "gemm"]]
@@ -271,7 +293,7 @@ def main() -> None:
             rows.append((batch, kind, med[kind], ratio, peak, saved))
     print()
     print(
-        "| B | config | step time (s) | x GEMM-only | peak RSS growth (MB) | saved for backward (MB) |"
+        f"| B | config | step time (s) | x GEMM-only | peak {'GPU memory' if args.device == 'cuda' else 'RSS'} growth (MB) | saved for backward (MB) |"
     )
     print("| ---: | --- | ---: | ---: | ---: | ---: |")
     for batch, kind, t, ratio, mb, saved in rows:

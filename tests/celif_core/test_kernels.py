@@ -9,80 +9,43 @@ import torch
 import celif_core.kernels as kernels
 from celif_core.functional import CE_MODES, NeuronState, fused_available, neuron_scan
 
+from .kernel_cases import CASES, assert_same, inputs, run
+
 pytestmark = pytest.mark.skipif(not fused_available(), reason="fused CPU kernel unavailable")
-
-CASES = [("lif", "none"), ("alif", "spike"), ("plif", "none")] + [("celif", m) for m in CE_MODES]
-TOL = {torch.float32: dict(rtol=1e-5, atol=1e-5), torch.float64: dict(rtol=1e-10, atol=1e-12)}
-
-
-def _inputs(neuron, dtype, *, T=24, B=5, N=13, alpha_per_neuron=False, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    # drive near threshold so spikes, resets and open surrogate windows all occur
-    x = (torch.randn(T, B, N, generator=g, dtype=dtype) * 0.6 + 0.25).requires_grad_()
-    te = (torch.randn(T + 2, N, generator=g, dtype=dtype) * 0.3).requires_grad_()
-    if neuron == "plif":
-        shape = (N,) if alpha_per_neuron else ()
-        alpha = (torch.rand(shape, generator=g, dtype=dtype) * 0.8 + 0.1).requires_grad_()
-    else:
-        alpha = 0.6
-    return x, te, alpha
-
-
-def _run(backend, x, te, neuron, p, **kw):
-    r = neuron_scan(x, neuron=neuron, params=p, te=te, traces=True, backend=backend, **kw)
-    weights = torch.linspace(-1, 1, r.spikes.numel(), dtype=x.dtype).reshape(r.spikes.shape)
-    inputs = [x, te] + ([p["alpha"]] if isinstance(p["alpha"], torch.Tensor) else [])
-    grads = torch.autograd.grad((r.spikes * weights).sum(), inputs, allow_unused=True)
-    return r, grads
-
-
-def _assert_same(ref, fused, dtype):
-    (r1, g1), (r2, g2) = ref, fused
-    assert torch.equal(r1.spikes, r2.spikes)
-    assert r1.spikes.mean() > 0.05  # the case actually spikes
-    torch.testing.assert_close(r1.u, r2.u, **TOL[dtype])
-    torch.testing.assert_close(r1.theta, r2.theta, **TOL[dtype])
-    for a, b in zip(r1.state, r2.state, strict=True):
-        torch.testing.assert_close(a, b, **TOL[dtype])
-    for a, b in zip(g1, g2, strict=True):
-        if a is None or b is None:  # e.g. te for modes that never read it
-            assert (a is None or not a.any()) and (b is None or not b.any())
-        else:
-            torch.testing.assert_close(a, b, **TOL[dtype])
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("detach_reset", [False, True])
 @pytest.mark.parametrize("neuron,ce_mode", CASES)
 def test_fused_matches_reference(neuron, ce_mode, detach_reset, dtype):
-    x, te, alpha = _inputs(neuron, dtype)
+    x, te, alpha = inputs(neuron, dtype)
     p = dict(alpha=alpha, rho=0.9, theta0=0.3, beta=1.8, surrogate_width=0.5)
     p.update(ce_mode=ce_mode, detach_reset=detach_reset)
-    _assert_same(_run("reference", x, te, neuron, p), _run("fused", x, te, neuron, p), dtype)
+    assert_same(run("reference", x, te, neuron, p), run("fused", x, te, neuron, p), dtype)
 
 
 @pytest.mark.parametrize("memory", ["save", "recompute"])
 @pytest.mark.parametrize("ce_mode", CE_MODES)
 def test_recompute_memory_mode_matches(ce_mode, memory):
-    x, te, _ = _inputs("celif", torch.float32, seed=1)
+    x, te, _ = inputs("celif", torch.float32, seed=1)
     p = dict(alpha=0.5, rho=0.99, theta0=0.3, surrogate_width=0.5, ce_mode=ce_mode)
-    ref = _run("reference", x, te, "celif", p)
-    fused = _run("fused", x, te, "celif", p, memory=memory)
-    _assert_same(ref, fused, torch.float32)
+    ref = run("reference", x, te, "celif", p)
+    fused = run("fused", x, te, "celif", p, memory=memory)
+    assert_same(ref, fused, torch.float32)
 
 
 @pytest.mark.parametrize("per_neuron", [False, True])
 def test_plif_alpha_gradient_shapes(per_neuron):
-    x, te, alpha = _inputs("plif", torch.float64, alpha_per_neuron=per_neuron, seed=2)
+    x, te, alpha = inputs("plif", torch.float64, alpha_per_neuron=per_neuron, seed=2)
     p = dict(alpha=alpha, theta0=0.3, surrogate_width=0.5)
-    ref, fused = _run("reference", x, te, "plif", p), _run("fused", x, te, "plif", p)
-    _assert_same(ref, fused, torch.float64)
+    ref, fused = run("reference", x, te, "plif", p), run("fused", x, te, "plif", p)
+    assert_same(ref, fused, torch.float64)
     assert fused[1][2].shape == alpha.shape
     assert fused[1][2].abs().sum() > 0
 
 
 def test_state_carry_and_no_grad_into_state():
-    x, te, _ = _inputs("celif", torch.float32, seed=3)
+    x, te, _ = inputs("celif", torch.float32, seed=3)
     g = torch.Generator().manual_seed(4)
     st = NeuronState(*(torch.rand(5, 13, generator=g).requires_grad_() for _ in range(3)))
     st = st._replace(s=(st.s > 0.5).float())
@@ -95,7 +58,7 @@ def test_state_carry_and_no_grad_into_state():
 
 
 def test_non_contiguous_input_and_no_grad():
-    x, te, _ = _inputs("celif", torch.float32, seed=5)
+    x, te, _ = inputs("celif", torch.float32, seed=5)
     xt = x.detach().transpose(1, 2).contiguous().transpose(1, 2)  # same values, odd strides
     assert not xt.is_contiguous()
     p = dict(alpha=0.5, rho=0.9, theta0=0.3, surrogate_width=0.5)
@@ -142,9 +105,9 @@ def test_failed_build_logs_and_falls_back(monkeypatch, caplog):
 
 def test_large_batch_odd_sizes_match():
     # more batch rows than threads, N not a multiple of the vector width
-    x, te, _ = _inputs("celif", torch.float32, T=50, B=37, N=67, seed=6)
+    x, te, _ = inputs("celif", torch.float32, T=50, B=37, N=67, seed=6)
     p = dict(alpha=0.5, rho=0.99, theta0=0.3, surrogate_width=0.5)
-    _assert_same(_run("reference", x, te, "celif", p), _run("fused", x, te, "celif", p),
+    assert_same(run("reference", x, te, "celif", p), run("fused", x, te, "celif", p),
                  torch.float32)  # fmt: skip
 
 
