@@ -35,7 +35,8 @@ ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = {
     "gemm": "GEMM-only bound (neuron = identity)",
     "celif-fused": "CE-LIF, fused kernel (ours)",
-    "celif-fused-recompute": "CE-LIF, fused kernel, memory=recompute (ours)",
+    "celif-fused-recompute": "CE-LIF, fused kernel, scan memory=recompute (ours)",
+    "celif-layer-recompute": "CE-LIF, fused kernel, training.memory=recompute (ours)",
     "celif-reference": "CE-LIF, reference per-step loop (ours)",
     "lif-fused": "LIF, fused kernel (ours)",
     "snntorch": "snnTorch Leaky (per-step loop)",
@@ -46,6 +47,7 @@ HIDDEN = (64, 88, 88)
 
 def build(kind: str, T: int, hidden: tuple[int, ...] = HIDDEN):
     import torch
+    import torch.utils.checkpoint
     from torch import nn
 
     from celif_core.functional import neuron_scan
@@ -89,7 +91,7 @@ def build(kind: str, T: int, hidden: tuple[int, ...] = HIDDEN):
                 return cur
             if kind.startswith("celif"):
                 backend = "reference" if kind == "celif-reference" else "fused"
-                memory = "recompute" if kind.endswith("recompute") else "save"
+                memory = "recompute" if kind == "celif-fused-recompute" else "save"
                 te = self.te[:, :n]
                 return neuron_scan(
                     cur, neuron="celif", params=p, te=te, backend=backend, memory=memory
@@ -111,7 +113,14 @@ def build(kind: str, T: int, hidden: tuple[int, ...] = HIDDEN):
         def forward(self, x):  # x [T, B, 1]
             h = x
             for layer, fc in enumerate(self.fcs):
-                h = self.neuron(layer, fc(h))  # one GEMM over all T*B rows, then the scan
+                if kind == "celif-layer-recompute":  # what models.py does for this setting
+                    h = torch.utils.checkpoint.checkpoint(
+                        lambda h, layer=layer, fc=fc: self.neuron(layer, fc(h)),
+                        h,
+                        use_reentrant=False,
+                    )
+                else:
+                    h = self.neuron(layer, fc(h))  # one GEMM over all T*B rows, then the scan
             return self.readout(h).mean(0)  # [B, 10]
 
     return Net()
@@ -134,7 +143,7 @@ def worker(kind: str, batch: int, args: argparse.Namespace) -> dict:
     opt = torch.optim.Adam(net.parameters(), lr=1e-3)
     x = torch.rand(T, batch, 1, device=device)
     y = torch.randint(0, 10, (batch,), device=device)
-    if kind.endswith("fused") or kind.endswith("recompute"):
+    if "fused" in kind or kind.endswith("recompute"):
         from celif_core.functional import active_backend
 
         expected = "fused-triton" if cuda else "fused-cpu"

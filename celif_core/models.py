@@ -22,14 +22,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+import torch.utils.checkpoint
 from torch import nn
 
 from celif_core.functional import NeuronState, fused_available, neuron_scan, neuron_step
 from celif_core.spec import JobSpec, validate_spec
 
 SPIKING = ("lif", "alif", "plif", "celif")
-# spec's training.memory -> the scan's memory mode
-_MEMORY_MODES = {"auto": "save", "store": "save", "save": "save", "recompute": "recompute"}
 
 
 @dataclass
@@ -190,7 +189,7 @@ class CelifNetwork(nn.Module):
         self, x: torch.Tensor, state: StreamState, record: bool
     ) -> tuple[torch.Tensor, list[Any], list[torch.Tensor]]:
         """``x [T, B, F]`` -> last hidden layer ``[T, B, N_L]``, new per-layer states, spikes."""
-        steps, batch = x.shape[0], x.shape[1]
+        steps = x.shape[0]
         h = x
         new_states: list[Any] = []
         layer_spikes: list[torch.Tensor] = []
@@ -201,26 +200,25 @@ class CelifNetwork(nn.Module):
             self.backend_name = "torch"
             return h, new_states, layer_spikes
         used: set[str] = set()
-        for layer, (syn, st) in enumerate(zip(self.synapses, state.layers, strict=True)):
-            n = self.hidden[layer]
-            current = syn(h.reshape(steps * batch, -1)).reshape(steps, batch, n)  # (T, B, N)
+        # training.memory="recompute": keep only each layer's input (the previous layer's spikes,
+        # which its Linear keeps anyway) and re-run Linear + scan during backward, instead of
+        # keeping the current, U and the spike/window bytes of every layer (torch checkpointing)
+        recompute = self.memory == "recompute" and torch.is_grad_enabled()
+        for layer, st in enumerate(state.layers):
             te = self._te(layer, state.t, steps)
             params = self._layer_params(layer)
             if self.architecture == "recurrent":
+                current = self._current(layer, h)
                 h, st_new = self._recurrent_scan(layer, current, te, st, params)
                 used.add("reference")
-            else:
-                res = neuron_scan(
-                    current,
-                    neuron=self.neuron,
-                    params=params,
-                    te=te,
-                    state=st,
-                    backend=self.backend,
-                    memory=_MEMORY_MODES[self.memory],
+            elif recompute:
+                h, st_new = torch.utils.checkpoint.checkpoint(
+                    self._feedforward_layer, layer, h, te, st, params, use_reentrant=False
                 )
-                h, st_new = res.spikes, res.state
-                used.add(_backend_used(self.backend, current))
+                used.add(_backend_used(self.backend, h))
+            else:
+                h, st_new = self._feedforward_layer(layer, h, te, st, params)
+                used.add(_backend_used(self.backend, h))
             new_states.append(st_new)
             if record:
                 layer_spikes.append(h)
@@ -228,6 +226,26 @@ class CelifNetwork(nn.Module):
             "fused" if used == {"fused"} else ("reference" if used == {"reference"} else "mixed")
         )
         return h, new_states, layer_spikes
+
+    def _current(self, layer: int, h: torch.Tensor) -> torch.Tensor:
+        """The layer's synaptic current ``[T, B, N]``: one GEMM over all T*B rows of ``h``."""
+        steps, batch = h.shape[0], h.shape[1]
+        current = self.synapses[layer](h.reshape(steps * batch, -1))
+        return current.reshape(steps, batch, self.hidden[layer])
+
+    def _feedforward_layer(
+        self, layer: int, h: torch.Tensor, te: Any, st: NeuronState, params: dict[str, Any]
+    ) -> tuple[torch.Tensor, NeuronState]:
+        """Linear over the whole sequence, then the neuron scan: spikes ``[T, B, N]``, state."""
+        res = neuron_scan(
+            self._current(layer, h),
+            neuron=self.neuron,
+            params=params,
+            te=te,
+            state=st,
+            backend=self.backend,
+        )
+        return res.spikes, res.state
 
     def _recurrent_scan(
         self,
