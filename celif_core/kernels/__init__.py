@@ -71,7 +71,9 @@ def load_triton() -> ModuleType | None:
         return None
     try:
         from celif_core.kernels import scan_triton
-    except ImportError as exc:
+    except Exception as exc:  # not installed, or a broken install: use the reference
+        if _state.get("triton_error") is None:
+            log.warning("celif Triton kernel unavailable: %s: %s", type(exc).__name__, exc)
         _state["triton_error"] = f"{type(exc).__name__}: {exc}"
         return None
     return scan_triton

@@ -11,11 +11,13 @@ missing install fails these tests instead of skipping them.
 from __future__ import annotations
 
 import importlib
+import sys
 
 import pytest
 import torch
 
-from celif_core.functional import NeuronState, neuron_scan
+import celif_core.kernels as kernels
+from celif_core.functional import NeuronState, active_backend, neuron_scan
 
 from .kernel_cases import CASES, assert_same, inputs, run
 
@@ -100,6 +102,21 @@ def test_triton_on_cpu_refused_without_interpreter():
         neuron_scan(x, neuron="lif", params=p, backend="triton")
 
 
+def test_missing_triton_falls_back_with_reason(monkeypatch, caplog):
+    # as if triton were not installed: "auto" on CUDA would run the reference, "triton" says why
+    monkeypatch.setitem(sys.modules, MODULE, None)
+    monkeypatch.delattr(kernels, "scan_triton", raising=False)
+    monkeypatch.setattr(kernels, "_state", {"tried": False, "ext": None, "error": None})
+    with caplog.at_level("WARNING"):
+        assert kernels.load_triton() is None
+    assert "Triton kernel unavailable" in caplog.text
+    assert active_backend("cuda") == "reference"
+    x = torch.randn(4, 2, 3)
+    p = dict(alpha=0.5, theta0=0.3, surrogate_width=0.5)
+    with pytest.raises(ValueError, match="backend='triton' is not available: Triton is not"):
+        neuron_scan(x, neuron="lif", params=p, backend="triton")
+
+
 # ----------------------------------------------------------------------------- compiled, on a GPU
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -119,7 +136,6 @@ def test_cuda_fused_matches_reference(neuron, ce_mode, dtype):
 
 @cuda
 def test_cuda_auto_uses_triton_and_trains():
-    from celif_core.functional import active_backend
     from celif_core.models import build_model
 
     assert active_backend("cuda") == "fused-triton"
