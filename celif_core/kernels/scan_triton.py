@@ -69,9 +69,15 @@ def _forward_kernel(
     u = tl.load(u0_ptr + offs, mask=mask, other=0.0)
     s = tl.load(s0_ptr + offs, mask=mask, other=0.0)
     eta = tl.load(eta0_ptr + offs, mask=mask, other=0.0)
+    # step t+1's loads are issued during step t, so their latency overlaps a step of work
+    i_next = tl.load(cur_ptr + offs, mask=mask, other=0.0)
+    if MODE >= TE:
+        te_next = tl.load(te_ptr + n, mask=mask, other=0.0)
     for t in range(T):
         at = t * BN + offs  # int32 is enough: a [T, B, N] tensor over 2**31 elements is refused
-        i_t = tl.load(cur_ptr + at, mask=mask, other=0.0)
+        more = mask & (t + 1 < T)
+        i_t = i_next
+        i_next = tl.load(cur_ptr + at + BN, mask=more, other=0.0)
         u = alpha * u * (1.0 - s) + i_t
         # the contextual embedding CE[t] of each mode (DESIGN.md section 3)
         if MODE == NONE:
@@ -81,7 +87,8 @@ def _forward_kernel(
         elif MODE == MEMBRANE:
             eta = rho * eta + gain * u
         else:
-            te_t = tl.load(te_ptr + t * N + n, mask=mask, other=0.0)
+            te_t = te_next
+            te_next = tl.load(te_ptr + (t + 1) * N + n, mask=more, other=0.0)
             if MODE == TE:
                 eta = rho * eta + gain * te_t
             elif MODE == SPIKE_TE:
@@ -128,33 +135,39 @@ def _backward_kernel(
     g_eta = tl.full([BLOCK], 0.0, alpha.dtype)
     g_s_next = tl.full([BLOCK], 0.0, alpha.dtype)
     g_alpha = tl.full([BLOCK], 0.0, alpha.dtype)
-    # U[t] and the code byte of step t, carried down so each step loads only step t-1's
+    u_init = tl.load(u0_ptr + offs, mask=mask, other=0.0)  # U[-1], S[-1]: the initial state
+    s_init = tl.load(s0_ptr + offs, mask=mask, other=0.0)
+    # U[t] and the code byte of step t are carried down from the previous iteration, and step
+    # t-1's dL/dS is loaded one iteration early, so each load's latency overlaps a step of work
     last = (T - 1) * BN + offs
     u_t = tl.load(u_ptr + last, mask=mask, other=0.0)
     code_t = tl.load(code_ptr + last, mask=mask, other=0)
+    gs_next = tl.load(gs_ptr + last, mask=mask, other=0.0)
+    if MODE >= TE:
+        te_next = tl.load(te_ptr + (T - 1) * N + n, mask=mask, other=0.0)
     for i in range(T):
         t = T - 1 - i
         at = t * BN + offs
-        # U[t-1] and S[t-1] (the initial state at t = 0)
-        if t > 0:
-            u_prev = tl.load(u_ptr + at - BN, mask=mask, other=0.0)
-            code_prev = tl.load(code_ptr + at - BN, mask=mask, other=0)
-            s_prev = (code_prev & 1).to(u_t.dtype)
-        else:
-            u_prev = tl.load(u0_ptr + offs, mask=mask, other=0.0)
-            code_prev = code_t
-            s_prev = tl.load(s0_ptr + offs, mask=mask, other=0.0)
+        has_prev = mask & (t > 0)
+        gs_t = gs_next
+        gs_next = tl.load(gs_ptr + at - BN, mask=has_prev, other=0.0)
+        if MODE >= TE:
+            te_t = te_next
+            te_next = tl.load(te_ptr + (t - 1) * N + n, mask=has_prev, other=0.0)
+        # U[t-1] and S[t-1] (the initial state at t = 0); no branch, so nothing stalls the loads
+        u_prev = tl.load(u_ptr + at - BN, mask=has_prev, other=0.0)
+        code_prev = tl.load(code_ptr + at - BN, mask=has_prev, other=0)
+        u_prev = tl.where(t > 0, u_prev, u_init)
+        s_prev = tl.where(t > 0, (code_prev & 1).to(u_t.dtype), s_init)
         s_t = (code_t & 1).to(u_t.dtype)
         window = ((code_t >> 1) & 1).to(u_t.dtype)
-        g_v = (tl.load(gs_ptr + at, mask=mask, other=0.0) + g_s_next) * window * inv_w
+        g_v = (gs_t + g_s_next) * window * inv_w
         g_eta = rho * g_eta - scale * g_v  # dL/deta[t]
         g_u = g_v + g_u * alpha * (1.0 - s_t)  # dL/dU[t] so far
         if MODE == MEMBRANE:
             g_u = g_u + gain * g_eta
-        if MODE == MEMBRANE_TE or MODE == SPIKE_TE or MODE == TE:
-            te_t = tl.load(te_ptr + t * N + n, mask=mask, other=0.0)
-            if MODE == MEMBRANE_TE:
-                g_u = g_u + gain * g_eta * te_t
+        if MODE == MEMBRANE_TE:
+            g_u = g_u + gain * g_eta * te_t
         tl.store(gcur_ptr + at, g_u, mask=mask)
         # what step t sends to S[t-1]: the reset path, then the spike-driven eta input
         if DETACH_RESET:

@@ -3,18 +3,22 @@
 Without a GPU the kernels run in Triton's interpreter (``TRITON_INTERPRET=1``), on CPU tensors:
 the same kernel source, the same loads, stores, masks and arithmetic, executed by NumPy. That
 checks the kernel's logic (every neuron, ce_mode, dtype, memory mode, odd sizes across program
-blocks) in CI; it says nothing about compiled-GPU performance. The CUDA tests at the end run the
-compiled kernel and are skipped where no GPU is present. ``triton`` is a dev dependency, so a
+blocks) in CI. Triton's compiler then builds every kernel variant for sm_90 and sm_80 without a
+GPU (PTX and cubin), checking that they compile and contain no fused multiply-add. Neither says
+anything about compiled-GPU speed. The CUDA tests at the end run the compiled kernel and are
+skipped where no GPU is present. ``triton`` is a dev dependency, so a
 missing install fails these tests instead of skipping them.
 """
 
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 
 import pytest
 import torch
+import triton
 
 import celif_core.kernels as kernels
 from celif_core.functional import NeuronState, active_backend, neuron_scan
@@ -24,16 +28,34 @@ from .kernel_cases import CASES, assert_same, inputs, run
 MODULE = "celif_core.kernels.scan_triton"
 
 
-@pytest.fixture(scope="module")
+def _kernel_module(interpret: bool):
+    """The kernel module, re-imported if needed so its kernels are interpreted (CPU tensors) or
+    compiled: Triton chooses when the ``@triton.jit`` decorators run, from TRITON_INTERPRET."""
+    module = importlib.import_module(MODULE)
+    if module.INTERPRETED != interpret:
+        if interpret:
+            os.environ["TRITON_INTERPRET"] = "1"
+        else:
+            os.environ.pop("TRITON_INTERPRET", None)
+        module = importlib.reload(module)
+    assert module.INTERPRETED == interpret
+    return module
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _restore_kernel_mode():
+    before = os.environ.get("TRITON_INTERPRET")
+    yield
+    if before is None:
+        os.environ.pop("TRITON_INTERPRET", None)
+    else:
+        os.environ["TRITON_INTERPRET"] = before
+    importlib.reload(importlib.import_module(MODULE))
+
+
+@pytest.fixture
 def interpreter():
-    """Re-import the kernel module with Triton's interpreter on (it is chosen at decoration)."""
-    patch = pytest.MonkeyPatch()
-    patch.setenv("TRITON_INTERPRET", "1")
-    module = importlib.reload(importlib.import_module(MODULE))
-    assert module.INTERPRETED
-    yield module
-    patch.undo()
-    importlib.reload(module)
+    return _kernel_module(interpret=True)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
@@ -92,10 +114,7 @@ def test_triton_spikes_exactly_at_threshold(interpreter):
     assert torch.equal(spikes, ref)
 
 
-def test_triton_on_cpu_refused_without_interpreter():
-    module = importlib.import_module(MODULE)
-    if module.INTERPRETED:
-        pytest.skip("TRITON_INTERPRET=1 is set for the whole run")
+def test_triton_on_cpu_refused_without_interpreter(compiled_module):
     x = torch.randn(4, 2, 3)
     p = dict(alpha=0.5, theta0=0.3, surrogate_width=0.5)
     with pytest.raises(ValueError, match="backend='triton' is not available.*TRITON_INTERPRET"):
@@ -117,6 +136,69 @@ def test_missing_triton_falls_back_with_reason(monkeypatch, caplog):
         neuron_scan(x, neuron="lif", params=p, backend="triton")
 
 
+# ----------------------------------------------------------------------------- compiled, no GPU
+# Triton's compiler needs no GPU to lower a kernel to PTX and assemble it (ptxas ships with the
+# triton wheel): this checks what the interpreter cannot, that every variant type-checks and
+# builds for the GPUs we target, and that the launch option the rounding relies on holds.
+
+
+def _compile_ptx(kernel, dtype: str, constants: dict, arch: int, fp_fusion: bool = False) -> str:
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    signature = {}
+    for name in kernel.arg_names:
+        if name in constants:
+            signature[name] = "constexpr"
+        elif name.endswith("_ptr"):
+            signature[name] = "*u8" if name == "code_ptr" else f"*{dtype}"
+        else:
+            signature[name] = "i32"
+    constexprs = {(kernel.arg_names.index(k),): v for k, v in constants.items()}
+    compiled = triton.compile(
+        ASTSource(kernel, signature, constexprs=constexprs),
+        target=GPUTarget("cuda", arch, 32),
+        options={"num_warps": 4, "enable_fp_fusion": fp_fusion},
+    )
+    assert compiled.asm.get("cubin"), "ptxas produced no binary"
+    return compiled.asm["ptx"]
+
+
+@pytest.fixture
+def compiled_module():
+    return _kernel_module(interpret=False)
+
+
+@pytest.mark.parametrize("dtype", ["fp32", "fp64"])
+@pytest.mark.parametrize("mode", range(6))
+def test_kernels_compile_for_hopper_without_fma(compiled_module, mode, dtype):
+    fwd, bwd = compiled_module._forward_kernel, compiled_module._backward_kernel
+    te = mode >= 3
+    variants = [
+        (fwd, dict(MODE=mode, SAVE=True, THETA=True, BLOCK=128)),
+        (fwd, dict(MODE=mode, SAVE=False, THETA=False, BLOCK=128)),
+        (bwd, dict(MODE=mode, DETACH_RESET=False, NEED_TE=te, NEED_ALPHA=True, BLOCK=128)),
+        (bwd, dict(MODE=mode, DETACH_RESET=True, NEED_TE=False, NEED_ALPHA=False, BLOCK=128)),
+    ]
+    for kernel, constants in variants:
+        ptx = _compile_ptx(kernel, dtype, constants, arch=90)
+        # enable_fp_fusion=False must leave no fused multiply-add (it would round differently
+        # from PyTorch's separate multiply and add, and spikes would stop matching the reference)
+        assert "fma.rn" not in ptx, constants
+
+
+def test_fp_fusion_check_can_fail(compiled_module):
+    # the same backward with fusion allowed does contract into FMAs: the check above has teeth
+    constants = dict(MODE=5, DETACH_RESET=False, NEED_TE=True, NEED_ALPHA=True, BLOCK=128)
+    ptx = _compile_ptx(compiled_module._backward_kernel, "fp32", constants, 90, fp_fusion=True)
+    assert "fma.rn" in ptx
+
+
+def test_kernels_compile_for_ampere(compiled_module):
+    constants = dict(MODE=5, SAVE=True, THETA=False, BLOCK=128)
+    assert "fma.rn" not in _compile_ptx(compiled_module._forward_kernel, "fp32", constants, 80)
+
+
 # ----------------------------------------------------------------------------- compiled, on a GPU
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -125,7 +207,7 @@ cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GP
 @cuda
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("neuron,ce_mode", CASES)
-def test_cuda_fused_matches_reference(neuron, ce_mode, dtype):
+def test_cuda_fused_matches_reference(compiled_module, neuron, ce_mode, dtype):
     x, te, alpha = inputs(neuron, dtype, T=64, B=16, N=97)
     x, te = (t.detach().cuda().requires_grad_() for t in (x, te))
     if isinstance(alpha, torch.Tensor):
@@ -135,7 +217,7 @@ def test_cuda_fused_matches_reference(neuron, ce_mode, dtype):
 
 
 @cuda
-def test_cuda_auto_uses_triton_and_trains():
+def test_cuda_auto_uses_triton_and_trains(compiled_module):
     from celif_core.models import build_model
 
     assert active_backend("cuda") == "fused-triton"
