@@ -245,7 +245,9 @@ def main() -> None:
         help="tuned: celif_core.kernels.tune_allocator() in every config (reuse big blocks "
         "instead of mmap/munmap per tensor); glibc: the defaults",
     )
-    ap.add_argument("--device", default="cpu", help="cpu or cuda (fused = the Triton kernel)")
+    ap.add_argument(
+        "--device", choices=["cpu", "cuda"], default="cpu", help="cuda: fused = the Triton kernel"
+    )
     ap.add_argument(
         "--hidden", type=int, nargs="+", default=list(HIDDEN), help="hidden layer widths"
     )
@@ -260,6 +262,8 @@ def main() -> None:
 
     import torch
 
+    if args.device == "cuda" and not torch.cuda.is_available():
+        ap.error(f"--device cuda: no CUDA device is available to torch {torch.__version__}")
     print(
         f"# torch {torch.__version__}, {args.threads} threads, {platform.processor() or platform.machine()}, "
         f"T={args.seq}, hidden 1-{'-'.join(map(str, args.hidden))}-10, {args.steps} timed steps "

@@ -26,10 +26,14 @@ fi
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 
 python3 - <<'EOF' 2>&1 | tee "$OUT/versions.txt"
+import sys
 import torch, triton
 print("torch", torch.__version__, "triton", triton.__version__, "cuda", torch.cuda.is_available(),
       torch.cuda.get_device_name() if torch.cuda.is_available() else "-")
+sys.exit(0 if torch.cuda.is_available() else 1)
 EOF
+# without a GPU every CUDA test below would skip and pass: stop here instead
+[ "${PIPESTATUS[0]}" -eq 0 ] || { echo "no CUDA device: nothing to check"; exit 1; }
 
 # 1. compiled Triton kernel == reference on CUDA: every neuron, ce_mode, dtype; a model trains
 python3 -m pytest -q -p no:cacheprovider -o addopts="" tests/celif_core/test_kernels_triton.py \
