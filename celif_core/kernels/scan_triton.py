@@ -18,9 +18,10 @@ PyTorch reference and spikes match it exactly, as on CPU.
 
 Verification without a GPU: under ``TRITON_INTERPRET=1`` (set before this module is imported)
 Triton's interpreter runs these kernels on CPU tensors; the test suite checks them against the
-reference that way. (Only Triton builtins are used, no ``@triton.jit`` helpers such as
-``tl.zeros``: those are decorated when ``triton`` is imported, so after a re-import of this module
-under the interpreter they would still be compiled-mode functions.) ``backend="triton"`` in ``neuron_scan`` selects this path explicitly.
+reference that way. (Besides this module's own helper, only Triton builtins are used, not
+``@triton.jit`` library functions such as ``tl.zeros``: those are decorated when ``triton`` is
+imported, so after a re-import of this module under the interpreter they would still be
+compiled-mode functions.) ``backend="triton"`` in ``neuron_scan`` selects this path explicitly.
 """
 
 from __future__ import annotations
@@ -49,6 +50,20 @@ INTERPRETED = bool(triton.knobs.runtime.interpret)
 
 
 @triton.jit
+def _program_slab(alpha_ptr, coef_ptr, BN, N, BLOCK: tl.constexpr):
+    """This program's elements of the [B*N] slab, their mask and neuron index, the recurrence
+    coefficients (rho, gain, scale) and each element's alpha."""
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < BN
+    n = offs % N
+    alpha = tl.load(alpha_ptr + n, mask=mask, other=0.0)
+    rho = tl.load(coef_ptr + _RHO)
+    gain = tl.load(coef_ptr + _GAIN)
+    scale = tl.load(coef_ptr + _SCALE)
+    return offs, mask, n, alpha, rho, gain, scale
+
+
+@triton.jit
 def _forward_kernel(
     cur_ptr, te_ptr, alpha_ptr, coef_ptr,  # [T, B*N], [T, N], [N], [6]
     u0_ptr, s0_ptr, eta0_ptr,  # [B*N]
@@ -57,15 +72,9 @@ def _forward_kernel(
     T, BN, N,
     MODE: tl.constexpr, SAVE: tl.constexpr, THETA: tl.constexpr, BLOCK: tl.constexpr,
 ):  # fmt: skip
-    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-    mask = offs < BN
-    n = offs % N
-    rho = tl.load(coef_ptr + _RHO)
-    gain = tl.load(coef_ptr + _GAIN)
-    scale = tl.load(coef_ptr + _SCALE)
+    offs, mask, n, alpha, rho, gain, scale = _program_slab(alpha_ptr, coef_ptr, BN, N, BLOCK)
     theta0 = tl.load(coef_ptr + _THETA0)
     half = tl.load(coef_ptr + _HALF_WIDTH)
-    alpha = tl.load(alpha_ptr + n, mask=mask, other=0.0)
     u = tl.load(u0_ptr + offs, mask=mask, other=0.0)
     s = tl.load(s0_ptr + offs, mask=mask, other=0.0)
     eta = tl.load(eta0_ptr + offs, mask=mask, other=0.0)
@@ -121,14 +130,8 @@ def _backward_kernel(
     MODE: tl.constexpr, DETACH_RESET: tl.constexpr, NEED_TE: tl.constexpr,
     NEED_ALPHA: tl.constexpr, BLOCK: tl.constexpr,
 ):  # fmt: skip
-    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-    mask = offs < BN
-    n = offs % N
-    rho = tl.load(coef_ptr + _RHO)
-    gain = tl.load(coef_ptr + _GAIN)
-    scale = tl.load(coef_ptr + _SCALE)
+    offs, mask, n, alpha, rho, gain, scale = _program_slab(alpha_ptr, coef_ptr, BN, N, BLOCK)
     inv_w = tl.load(coef_ptr + _INV_WIDTH)
-    alpha = tl.load(alpha_ptr + n, mask=mask, other=0.0)
     # reverse-mode carries from step t+1: dL/dU[t+1], dL/deta[t+1], and what step t+1 sends to
     # S[t] (through the reset and, in spike modes, through eta)
     g_u = tl.full([BLOCK], 0.0, alpha.dtype)
