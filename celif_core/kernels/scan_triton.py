@@ -84,7 +84,7 @@ def _forward_kernel(
         te_next = tl.load(te_ptr + n, mask=mask, other=0.0)
     for t in range(T):
         at = t * BN + offs  # int32 is enough: a [T, B, N] tensor over 2**31 elements is refused
-        more = mask & (t + 1 < T)
+        more = mask & (at + BN < T * BN)  # i.e. t + 1 < T, as an element-wise mask
         i_t = i_next
         i_next = tl.load(cur_ptr + at + BN, mask=more, other=0.0)
         u = alpha * u * (1.0 - s) + i_t
@@ -151,7 +151,8 @@ def _backward_kernel(
     for i in range(T):
         t = T - 1 - i
         at = t * BN + offs
-        has_prev = mask & (t > 0)
+        first = at < BN  # i.e. t == 0, as an element-wise mask
+        has_prev = mask & (at >= BN)
         gs_t = gs_next
         gs_next = tl.load(gs_ptr + at - BN, mask=has_prev, other=0.0)
         if MODE >= TE:
@@ -160,8 +161,8 @@ def _backward_kernel(
         # U[t-1] and S[t-1] (the initial state at t = 0); no branch, so nothing stalls the loads
         u_prev = tl.load(u_ptr + at - BN, mask=has_prev, other=0.0)
         code_prev = tl.load(code_ptr + at - BN, mask=has_prev, other=0)
-        u_prev = tl.where(t > 0, u_prev, u_init)
-        s_prev = tl.where(t > 0, (code_prev & 1).to(u_t.dtype), s_init)
+        u_prev = tl.where(first, u_init, u_prev)
+        s_prev = tl.where(first, s_init, (code_prev & 1).to(u_t.dtype))
         s_t = (code_t & 1).to(u_t.dtype)
         window = ((code_t >> 1) & 1).to(u_t.dtype)
         g_v = (gs_t + g_s_next) * window * inv_w
