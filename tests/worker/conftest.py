@@ -13,6 +13,7 @@ import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -81,46 +82,55 @@ def _pick_redis_db() -> int:
     raise RuntimeError("no empty Redis database number")
 
 
-@pytest.fixture(scope="session")
-def stack(tmp_path_factory) -> Iterator[Stack]:
-    name = f"celif_worker_{uuid.uuid4().hex[:10]}"
+@contextmanager
+def fresh_database(prefix: str) -> Iterator[str]:
+    """A new, migrated PostgreSQL database (its SQLAlchemy URL); dropped afterwards."""
+    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
     with psycopg.connect(PG_ADMIN_DSN, autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{name}"')
     url = f"postgresql+psycopg://postgres@{PG_HOST}:5432/{name}"
-    migrate(url)
-    redis_db = _pick_redis_db()
-    data = tmp_path_factory.mktemp("celif-data")
-    logs = tmp_path_factory.mktemp("logs")
-    env = {
-        **os.environ,
-        "PYTHONPATH": str(REPO),
-        "CELIF_ENVIRONMENT": "development",
-        "CELIF_DATA_DIR": str(data),
-        "CELIF_DATABASE_URL": url,
-        "CELIF_BROKER_URL": f"redis://{REDIS_HOST}:6379/{redis_db}",
-        "CELIF_HEARTBEAT_INTERVAL_S": "0.5",
-        "CELIF_STALE_AFTER_S": "4",
-        "CELIF_REAPER_INTERVAL_S": "1",
-        "CELIF_METRICS_FLUSH_INTERVAL_S": "0.5",
-        "CELIF_CANCEL_POLL_INTERVAL_S": "0.1",
-        "CELIF_MAX_INFRA_RETRIES": "2",
-        "CELIF_CHECKPOINT_KEEP_LAST": "2",
-        "OMP_NUM_THREADS": "1",
-    }
-    s = Stack(url, env, data, logs)
     try:
-        yield s
+        migrate(url)
+        yield url
     finally:
-        for w in s.workers:
-            w.kill()
-        if s.api is not None:
-            s.api.stop()
         from service.db.session import get_engine
 
         get_engine(url).dispose()
-        redis.Redis(host=REDIS_HOST, db=redis_db).flushdb()
         with psycopg.connect(PG_ADMIN_DSN, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory) -> Iterator[Stack]:
+    with fresh_database("celif_worker") as url:
+        redis_db = _pick_redis_db()
+        data = tmp_path_factory.mktemp("celif-data")
+        logs = tmp_path_factory.mktemp("logs")
+        env = {
+            **os.environ,
+            "PYTHONPATH": str(REPO),
+            "CELIF_ENVIRONMENT": "development",
+            "CELIF_DATA_DIR": str(data),
+            "CELIF_DATABASE_URL": url,
+            "CELIF_BROKER_URL": f"redis://{REDIS_HOST}:6379/{redis_db}",
+            "CELIF_HEARTBEAT_INTERVAL_S": "0.5",
+            "CELIF_STALE_AFTER_S": "4",
+            "CELIF_REAPER_INTERVAL_S": "1",
+            "CELIF_METRICS_FLUSH_INTERVAL_S": "0.5",
+            "CELIF_CANCEL_POLL_INTERVAL_S": "0.1",
+            "CELIF_MAX_INFRA_RETRIES": "2",
+            "CELIF_CHECKPOINT_KEEP_LAST": "2",
+            "OMP_NUM_THREADS": "1",
+        }
+        s = Stack(url, env, data, logs)
+        try:
+            yield s
+        finally:
+            for w in s.workers:
+                w.kill()
+            if s.api is not None:
+                s.api.stop()
+            redis.Redis(host=REDIS_HOST, db=redis_db).flushdb()
 
 
 # ----------------------------------------------------------------------------- processes

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
 from datetime import timedelta
 
 import pytest
@@ -14,11 +15,23 @@ from service.settings import Settings
 from worker import lease
 from worker.reaper import reap_once
 
+from .conftest import Stack, fresh_database
+
+
+@pytest.fixture(scope="module")
+def db(tmp_path_factory) -> Iterator[Stack]:
+    """A database of this module's own, with no worker processes. The session-wide stack's
+    workers each run a reaper every second; on its database they would race the reapers and
+    claims these tests drive (a stale test job reaped by a worker first, a queued one re-sent)."""
+    with fresh_database("celif_lease") as url:
+        data = tmp_path_factory.mktemp("lease-data")
+        yield Stack(url, {}, data, tmp_path_factory.mktemp("lease-logs"))
+
 
 @pytest.fixture()
-def make_job(stack):
+def make_job(db):
     def make(status="queued", heartbeat_age_s=None, attempts=0, cancel=False) -> str:
-        with stack.session() as s:
+        with db.session() as s:
             user = get_or_create_user(s, "lease-tests")
             job = Job(
                 owner_id=user.id,
@@ -41,19 +54,19 @@ def make_job(stack):
     return make
 
 
-def _settings(stack, **kw) -> Settings:
+def _settings(db, **kw) -> Settings:
     return Settings(
-        database_url=stack.database_url,
+        database_url=db.database_url,
         broker_url="redis://127.0.0.1:6379/0",
-        data_dir=stack.data_dir,
+        data_dir=db.data_dir,
         stale_after_s=30,
         max_infra_retries=2,
         **kw,
     )
 
 
-def _statuses(stack, job_id):
-    with stack.session() as s:
+def _statuses(db, job_id):
+    with db.session() as s:
         return [
             e.data["status"]
             for e in s.scalars(
@@ -64,14 +77,14 @@ def _statuses(stack, job_id):
         ]
 
 
-def test_claim_is_won_by_exactly_one(stack, make_job):
+def test_claim_is_won_by_exactly_one(db, make_job):
     job_id = make_job()
     winners: list[str] = []
     barrier = threading.Barrier(8)
 
     def contend(i: int) -> None:
         barrier.wait()
-        with stack.session() as s:
+        with db.session() as s:
             if lease.claim(s, job_id, f"w{i}", stale_after_s=30) is not None:
                 winners.append(f"w{i}")
 
@@ -81,53 +94,53 @@ def test_claim_is_won_by_exactly_one(stack, make_job):
     for t in threads:
         t.join()
     assert len(winners) == 1
-    with stack.session() as s:
+    with db.session() as s:
         job = s.get(Job, job_id)
         assert (job.status, job.worker_id, job.attempts) == ("running", winners[0], 1)
         # A live lease is never taken over; a stale one is.
         assert lease.claim(s, job_id, "other", stale_after_s=30) is None
         job.heartbeat_at = utcnow() - timedelta(seconds=60)
-    with stack.session() as s:
+    with db.session() as s:
         assert lease.claim(s, job_id, "other", stale_after_s=30).attempts == 2
 
 
-def test_reaper_requeues_fails_and_cancels_stale_jobs(stack, make_job):
+def test_reaper_requeues_fails_and_cancels_stale_jobs(db, make_job):
     live = make_job("running", heartbeat_age_s=1, attempts=1)
     stale = make_job("running", heartbeat_age_s=120, attempts=1)
     exhausted = make_job("running", heartbeat_age_s=120, attempts=3)
     cancelled = make_job("running", heartbeat_age_s=120, attempts=1, cancel=True)
     sent: list[str] = []
-    result = reap_once(_settings(stack), enqueue=sent.append)
+    result = reap_once(_settings(db), enqueue=sent.append)
     assert stale in result.requeued and stale in sent
     assert exhausted in result.failed and exhausted not in sent
     assert cancelled in result.cancelled and cancelled not in sent
     assert live not in result.requeued + result.failed + result.cancelled
-    with stack.session() as s:
+    with db.session() as s:
         assert s.get(Job, stale).status == "queued" and s.get(Job, stale).worker_id is None
         assert s.get(Job, exhausted).status == "failed"
         assert "worker lost 3 times" in s.get(Job, exhausted).error
         assert s.get(Job, cancelled).status == "cancelled"
         assert s.get(Job, live).status == "running"
-    assert _statuses(stack, stale) == ["queued"]
+    assert _statuses(db, stale) == ["queued"]
     # A second pass (or a second reaper) finds nothing left to do.
-    again = reap_once(_settings(stack), enqueue=sent.append)
+    again = reap_once(_settings(db), enqueue=sent.append)
     assert not (set(again.requeued) | set(again.failed)) & {stale, exhausted, cancelled}
 
 
-def test_released_lease_cannot_write(stack, make_job):
+def test_released_lease_cannot_write(db, make_job):
     job_id = make_job()
-    with stack.session() as s:
+    with db.session() as s:
         lease.claim(s, job_id, "me", stale_after_s=30)
-    with stack.session() as s:  # the reaper (or the API) took it away
+    with db.session() as s:  # the reaper (or the API) took it away
         s.get(Job, job_id).worker_id = "someone-else"
-    with stack.session() as s:
+    with db.session() as s:
         assert not lease.heartbeat(s, job_id, "me", step=5)
         assert lease.release(s, job_id, "me", "succeeded") is None
-    with stack.session() as s:
+    with db.session() as s:
         assert s.get(Job, job_id).status == "running"
 
 
-def test_infrastructure_error_is_retried_then_fails(stack, make_job, tmp_path, monkeypatch):
+def test_infrastructure_error_is_retried_then_fails(db, make_job, tmp_path, monkeypatch):
     """An OSError (here: the checkpoint folder cannot be created) re-queues the job, after the
     commit; past `max_infra_retries` re-queues the job fails with the reason."""
     import service.enqueue
@@ -138,10 +151,10 @@ def test_infrastructure_error_is_retried_then_fails(stack, make_job, tmp_path, m
     sent: list[str] = []
     monkeypatch.setattr(service.enqueue, "enqueue_job", sent.append)
     job_id = make_job()
-    with stack.session() as s:
+    with db.session() as s:
         s.get(Job, job_id).spec = adding_spec()
     settings = Settings(
-        database_url=stack.database_url,
+        database_url=db.database_url,
         broker_url="redis://127.0.0.1:6379/0",
         data_dir=tmp_path,
         max_infra_retries=2,
@@ -153,12 +166,12 @@ def test_infrastructure_error_is_retried_then_fails(stack, make_job, tmp_path, m
     outcomes = [JobRunner(job_id, settings).run() for _ in range(3)]
     assert outcomes == ["requeued", "requeued", "failed"]
     assert sent == [job_id, job_id]
-    with stack.session() as s:
+    with db.session() as s:
         job = s.get(Job, job_id)
         assert job.status == "failed" and job.attempts == 3
         assert "infrastructure error after 3 attempts" in job.error
         assert "FileExistsError" in job.error
-    assert _statuses(stack, job_id) == [
+    assert _statuses(db, job_id) == [
         "running", "queued", "running", "queued", "running", "failed",
     ]  # fmt: skip
     # A late duplicate message for the finished job is a no-op.
