@@ -211,13 +211,14 @@ class CelifNetwork(nn.Module):
                 current = self._current(layer, h)
                 h, st_new = self._recurrent_scan(layer, current, te, st, params)
                 used.add("reference")
-            elif recompute:
-                h, st_new = torch.utils.checkpoint.checkpoint(
-                    self._feedforward_layer, layer, h, te, st, params, use_reentrant=False
-                )
-                used.add(_backend_used(self.backend, h))
             else:
-                h, st_new = self._feedforward_layer(layer, h, te, st, params)
+                args = (layer, h, te, st, params)
+                if recompute:
+                    h, st_new = torch.utils.checkpoint.checkpoint(
+                        self._feedforward_layer, *args, use_reentrant=False
+                    )
+                else:
+                    h, st_new = self._feedforward_layer(*args)
                 used.add(_backend_used(self.backend, h))
             new_states.append(st_new)
             if record:

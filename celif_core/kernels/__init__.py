@@ -67,14 +67,13 @@ def cpu_extension_error() -> str | None:
 
 def load_triton() -> ModuleType | None:
     """The Triton scan module, or ``None`` if Triton is not installed or disabled."""
-    if _disabled():
-        return None
+    if _disabled() or _state.get("triton_error") is not None:
+        return None  # a failed import is not retried on every scan
     try:
         from celif_core.kernels import scan_triton
     except Exception as exc:  # not installed, or a broken install: use the reference
-        if _state.get("triton_error") is None:
-            log.warning("celif Triton kernel unavailable: %s: %s", type(exc).__name__, exc)
         _state["triton_error"] = f"{type(exc).__name__}: {exc}"
+        log.warning("celif Triton kernel unavailable: %s", _state["triton_error"])
         return None
     return scan_triton
 

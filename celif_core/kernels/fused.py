@@ -17,7 +17,6 @@ import torch
 from celif_core.kernels import CE_MODE_IDS, load_cpu_extension, load_triton
 
 MEMORY_MODES = ("save", "recompute")
-IMPLS = ("cpu", "triton")  # which compiled kernel runs the scan
 
 
 class KernelConfig(NamedTuple):
@@ -30,7 +29,7 @@ class KernelConfig(NamedTuple):
     detach_reset: bool
     memory: str
     traces: bool
-    impl: str  # one of IMPLS
+    impl: str  # which compiled kernel runs the scan: "cpu" (C++) or "triton"
 
 
 def _kernel(cfg: KernelConfig) -> Any:
