@@ -7,11 +7,19 @@ loading the training stack. `validate_spec` is the one entry point; it raises `S
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializeAsAny,
+    ValidationError,
+    model_validator,
+)
 
 TaskName = Literal["seq_mnist", "ps_mnist", "adding", "copy_memory", "dataset"]
 NeuronName = Literal["lif", "alif", "plif", "celif", "lstm"]
@@ -25,6 +33,8 @@ CeTiming = Literal["current", "previous"]
 # passes its own limit from settings.
 DEFAULT_MAX_ACTIVATION_BYTES = 32 * 1024**3
 MNIST_SEQ_LEN = 784
+MNIST_TRAIN_IMAGES = 60000
+DEFAULT_MAX_STEPS = 5000
 
 
 class _Strict(BaseModel):
@@ -138,6 +148,17 @@ TASKS: dict[str, TaskInfo] = {
 }
 
 
+def train_split_size(task: TaskSpec) -> int | None:
+    """Examples in the task's training split, known from the spec alone; None for the synthetic
+    tasks (a fresh batch every step, no finite split) and for uploaded datasets (their size is
+    not part of the spec)."""
+    if task.name not in ("seq_mnist", "ps_mnist"):
+        return None
+    p = task.params
+    n = MNIST_TRAIN_IMAGES - p.val_size
+    return n if p.train_subset is None else min(n, p.train_subset)
+
+
 # ----------------------------------------------------------------------------- neuron params
 class _SpikingParams(_Strict):
     alpha: float = Field(0.5, gt=0, le=1, description="membrane decay")
@@ -218,13 +239,28 @@ class ModelSpec(_Strict):
 
 
 class TrainingSpec(_Strict):
-    max_steps: int = Field(5000, ge=1, le=10_000_000)
+    # The budget: exactly one of max_steps / max_epochs. Neither given means max_steps=5000.
+    max_steps: int | None = Field(
+        DEFAULT_MAX_STEPS, ge=1, le=10_000_000, description="budget in optimizer steps"
+    )
+    max_epochs: int | None = Field(
+        None,
+        ge=1,
+        le=10_000,
+        description="budget in passes over the training split (instead of max_steps; "
+        "tasks with a finite split only: seq_mnist, ps_mnist)",
+    )
     batch_size: int = Field(256, ge=1, le=8192)
     eval_batch_size: int = Field(512, ge=1, le=8192)
     lr: float = Field(5e-4, gt=0, le=10)
     optimizer: Literal["adam", "adamw", "sgd"] = "adam"
     weight_decay: float = Field(0.0, ge=0)
-    lr_schedule: Literal["constant", "cosine"] = "constant"
+    lr_schedule: Literal["constant", "cosine", "step"] = Field(
+        "constant",
+        description="cosine: to 0 over the budget; step: times lr_gamma every lr_step_epochs",
+    )
+    lr_step_epochs: int = Field(10, ge=1, le=10_000, description="step schedule: epochs per step")
+    lr_gamma: float = Field(0.1, gt=0, le=1, description="step schedule: factor per step")
     grad_clip: float | None = Field(1.0, gt=0, description="max gradient norm (None = off)")
     seed: int = Field(0, ge=0)
     eval_every: int = Field(100, ge=1)
@@ -237,6 +273,27 @@ class TrainingSpec(_Strict):
         "auto", description="store activations for backward, or recompute them (less memory)"
     )
     bptt_chunk: int | None = Field(None, ge=1, description="truncated BPTT window (None = full)")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _epoch_budget_replaces_steps(cls, data: Any) -> Any:
+        # max_epochs alone means "no step budget"; the max_steps default must not fill in.
+        if isinstance(data, Mapping) and data.get("max_epochs") is not None:
+            if "max_steps" not in data:
+                return {**data, "max_steps": None}
+        return data
+
+    @model_validator(mode="after")
+    def _one_budget(self) -> TrainingSpec:
+        if (self.max_steps is None) == (self.max_epochs is None):
+            raise ValueError(BUDGET_MSG)
+        return self
+
+
+BUDGET_MSG = (
+    "set exactly one of training.max_steps (optimizer steps) and training.max_epochs "
+    "(passes over the training split); give the other as null or leave it out"
+)
 
 
 class JobSpec(_Strict):
@@ -265,6 +322,25 @@ class JobSpec(_Strict):
     @property
     def te_length(self) -> int:
         return self.model.te_length or self.seq_len
+
+    @property
+    def train_size(self) -> int | None:
+        """Examples in one epoch (the training split), or None for tasks without a finite one."""
+        return train_split_size(self.task)
+
+    @property
+    def total_steps(self) -> int:
+        """The step budget: max_steps, or max_epochs whole passes over the training split
+        (batches run on across epoch boundaries, so the last step may start the next pass)."""
+        tr = self.training
+        if tr.max_steps is not None:
+            return tr.max_steps
+        return math.ceil(tr.max_epochs * self.train_size / tr.batch_size)
+
+    def epoch_at(self, step: int) -> int | None:
+        """The epoch the batch of `step` (0-based) starts in; None without a finite split."""
+        n = self.train_size
+        return None if not n else (step * self.training.batch_size) // n
 
     @property
     def uses_te(self) -> bool:
@@ -357,6 +433,7 @@ def validate_spec(
     neuron_params = _check(
         NEURONS[raw.model.neuron].params, raw.model.neuron_params, ("model", "neuron_params")
     )
+    _check_budget(raw.training)
     training = _check(TrainingSpec, raw.training, ("training",))
     model = ModelSpec(
         **raw.model.model_dump(exclude={"neuron_params"}), neuron_params=neuron_params
@@ -367,8 +444,38 @@ def validate_spec(
         model=model,
         training=training,
     )
+    _check_epochs(spec)
     _check_cross_fields(spec, max_activation_bytes)
     return spec
+
+
+def _check_budget(training: Mapping[str, Any]) -> None:
+    """Exactly one budget, named in the error (TrainingSpec's own check cannot name a field)."""
+    steps, epochs = training.get("max_steps"), training.get("max_epochs")
+    if epochs is not None and steps is not None:
+        raise _fail(["training", "max_epochs"], BUDGET_MSG)
+    if "max_steps" in training and steps is None and epochs is None:
+        raise _fail(["training", "max_steps"], BUDGET_MSG, "missing")
+
+
+def _check_epochs(spec: JobSpec) -> None:
+    """Epoch-based settings need a training split whose size the spec knows."""
+    if spec.train_size is not None:
+        return
+    tr = spec.training
+    why = (
+        f"the {spec.task.name} task generates a fresh batch every step and has no finite "
+        "training split, so it has no epochs"
+        if spec.task.name in ("adding", "copy_memory")
+        else "the size of an uploaded dataset's training split is not part of the spec"
+    )
+    if tr.max_epochs is not None:
+        raise _fail(["training", "max_epochs"], f"{why}; give the budget as training.max_steps")
+    if tr.lr_schedule == "step":
+        raise _fail(
+            ["training", "lr_schedule"],
+            f"the step schedule counts epochs and {why}; use 'constant' or 'cosine'",
+        )
 
 
 def _resolve_dataset(params: dict[str, Any], datasets: DatasetResolver | None) -> dict[str, Any]:
@@ -459,6 +566,8 @@ def estimate(spec: JobSpec) -> dict[str, int]:
         "parameters": count_parameters(spec),
         "activation_bytes": int(activation),
         "seq_len": steps,
+        "total_steps": spec.total_steps,
+        "train_size": spec.train_size,
     }
 
 

@@ -235,6 +235,10 @@ class JobRunner:
         # This pool process trains one job and exits (max_tasks_per_child=1): let glibc keep
         # large freed blocks instead of page-faulting every [T, B, N] tensor in anew each step.
         tune_allocator()
+        if self.settings.torch_threads is not None:
+            import torch
+
+            torch.set_num_threads(self.settings.torch_threads)
         spec = validate_spec(spec_dict, max_activation_bytes=self.settings.max_activation_bytes)
         checkpoint_dir = Path(self.settings.storage_dir) / "checkpoints" / self.job_id
         checkpoint_dir.mkdir(parents=True, exist_ok=True)

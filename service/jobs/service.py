@@ -93,7 +93,7 @@ def submit_job(
         spec=spec_dict,
         status="queued",
         idempotency_key=idempotency_key,
-        max_steps=spec.training.max_steps,
+        max_steps=spec.total_steps,
         step=0,
     )
     try:
