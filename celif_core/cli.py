@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from celif_core.errors import DataError, TrainingError
-from celif_core.spec import CE_MODES, SpecError, validate_spec
+from celif_core.spec import CE_MODES, CE_TIMINGS, SpecError, validate_spec
 
 TASKS = ("seq_mnist", "ps_mnist", "adding", "copy_memory", "dataset")
 NEURONS = ("lif", "alif", "plif", "celif", "lstm")
@@ -54,6 +54,12 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--theta0", type=float)
     m.add_argument("--beta", type=float, help="alif: threshold adaptation strength")
     m.add_argument("--surrogate-width", type=float)
+    m.add_argument(
+        "--ce-timing",
+        choices=CE_TIMINGS,
+        help="celif: membrane driving the threshold memory, U[t] or the pre-reset U[t-1]",
+    )
+    m.add_argument("--te-init-mean", type=float)
     m.add_argument("--te-init-std", type=float)
     m.add_argument(
         "--te-per-layer", action="store_true", help="one TE table per layer (te_shared=false)"
@@ -129,7 +135,10 @@ def spec_from_args(args: argparse.Namespace) -> dict[str, Any]:
     if args.te_per_layer:
         model["te_shared"] = False
     np_ = model.setdefault("neuron_params", {})
-    for flag in ("ce_mode", "alpha", "rho", "theta0", "beta", "surrogate_width", "te_init_std"):
+    for flag in (
+        "ce_mode", "ce_timing", "alpha", "rho", "theta0", "beta", "surrogate_width",
+        "te_init_mean", "te_init_std",
+    ):  # fmt: skip
         if getattr(args, flag) is not None:
             np_[flag] = getattr(args, flag)
     training = spec.setdefault("training", {})

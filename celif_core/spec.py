@@ -25,6 +25,9 @@ TaskName = Literal["seq_mnist", "ps_mnist", "adding", "copy_memory", "dataset"]
 NeuronName = Literal["lif", "alif", "plif", "celif", "lstm"]
 CE_MODES = ("none", "spike", "membrane", "te", "spike_te", "membrane_te")
 CeMode = Literal["none", "spike", "membrane", "te", "spike_te", "membrane_te"]
+# which membrane drives CE-LIF's threshold memory: U[t] or the previous step's pre-reset U[t-1]
+CE_TIMINGS = ("current", "previous")
+CeTiming = Literal["current", "previous"]
 
 # Above this estimated activation memory a spec is refused (the batch cannot fit); the service
 # passes its own limit from settings.
@@ -180,7 +183,14 @@ class PlifParams(_SpikingParams):
 class CelifParams(_SpikingParams):
     rho: float = Field(0.99, ge=0, lt=1, description="decay of the contextual threshold memory")
     ce_mode: CeMode = Field("membrane_te", description="contextual embedding variant (ablation)")
-    te_init_std: float = Field(0.1, ge=0, le=10, description="std of the N(0, s^2) TE init")
+    ce_timing: CeTiming = Field(
+        "current",
+        description="membrane driving the threshold memory in the membrane ce_modes: this "
+        "step's U[t] ('current') or the previous step's pre-reset U[t-1] ('previous', "
+        "neuroseqbench's reading)",
+    )
+    te_init_mean: float = Field(0.0, ge=-10, le=10, description="mean of the N(m, s^2) TE init")
+    te_init_std: float = Field(0.1, ge=0, le=10, description="std of the N(m, s^2) TE init")
 
 
 class LstmParams(_Strict):
