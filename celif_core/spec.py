@@ -321,6 +321,7 @@ class JobSpec(_Strict):
     model: ModelSpec
     training: TrainingSpec = Field(default_factory=TrainingSpec)
     init_from: InitFrom | None = None
+    recipe: str | None = Field(None, max_length=200, description="the recipe it was built from")
 
     # Derived facts every part needs; computed from the task params, never stored separately.
     @property
@@ -421,6 +422,7 @@ class _RawSpec(BaseModel):
     model: _RawModel = Field(default_factory=_RawModel)
     training: dict[str, Any] = Field(default_factory=dict)
     init_from: dict[str, Any] | None = None
+    recipe: str | None = Field(None, max_length=200)
 
 
 DatasetResolver = Callable[[str], Mapping[str, Any] | None]
@@ -466,6 +468,7 @@ def validate_spec(
         model=model,
         training=training,
         init_from=init_from,
+        recipe=raw.recipe,
     )
     _check_epochs(spec)
     _check_cross_fields(spec, max_activation_bytes)

@@ -41,7 +41,12 @@ def get_owned_job(session: Session, user: User, job_id: str, *, for_update: bool
 
 # ----------------------------------------------------------------------------- validation
 def validate_job_spec(session: Session, user: User, body: Any, settings: Settings) -> JobSpec:
-    """Raises `SpecError` (-> 422 naming the field). Datasets resolve among the user's own."""
+    """Raises `SpecError` (-> 422 naming the field). Datasets resolve among the user's own.
+    A body naming a `recipe` is that recipe's spec with the body's sections merged over it."""
+    if isinstance(body, dict) and "recipe" in body:
+        from celif_core.recipes import apply_recipe
+
+        body = apply_recipe(body)
     return validate_spec(
         body,
         datasets=lambda dataset_id: repo.get_dataset_facts(session, user.id, dataset_id),
