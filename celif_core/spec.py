@@ -296,11 +296,32 @@ BUDGET_MSG = (
 )
 
 
+class InitFrom(_Strict):
+    """Start from another job's checkpoint (`job` + `checkpoint`) or an uploaded one (`upload`).
+    The service resolves it (ownership, the file, the model section) at submission."""
+
+    job: str | None = Field(None, min_length=1, max_length=64, description="a job of yours")
+    checkpoint: str = Field(
+        "latest", min_length=1, max_length=64, description="'best', 'latest' or a checkpoint id"
+    )
+    upload: str | None = Field(
+        None, min_length=1, max_length=64, description="id from POST /api/v1/checkpoints"
+    )
+
+    @model_validator(mode="after")
+    def _one_source(self) -> InitFrom:
+        if (self.job is None) == (self.upload is None):
+            raise ValueError("give exactly one of init_from.job and init_from.upload")
+        return self
+
+
 class JobSpec(_Strict):
     name: str | None = Field(None, max_length=200)
     task: TaskSpec
     model: ModelSpec
     training: TrainingSpec = Field(default_factory=TrainingSpec)
+    init_from: InitFrom | None = None
+    recipe: str | None = Field(None, max_length=200, description="the recipe it was built from")
 
     # Derived facts every part needs; computed from the task params, never stored separately.
     @property
@@ -400,6 +421,8 @@ class _RawSpec(BaseModel):
     task: _RawTask
     model: _RawModel = Field(default_factory=_RawModel)
     training: dict[str, Any] = Field(default_factory=dict)
+    init_from: dict[str, Any] | None = None
+    recipe: str | None = Field(None, max_length=200)
 
 
 DatasetResolver = Callable[[str], Mapping[str, Any] | None]
@@ -435,6 +458,7 @@ def validate_spec(
     )
     _check_budget(raw.training)
     training = _check(TrainingSpec, raw.training, ("training",))
+    init_from = None if raw.init_from is None else _check(InitFrom, raw.init_from, ("init_from",))
     model = ModelSpec(
         **raw.model.model_dump(exclude={"neuron_params"}), neuron_params=neuron_params
     )
@@ -443,10 +467,27 @@ def validate_spec(
         task=TaskSpec(name=raw.task.name, params=params),
         model=model,
         training=training,
+        init_from=init_from,
+        recipe=raw.recipe,
     )
     _check_epochs(spec)
     _check_cross_fields(spec, max_activation_bytes)
     return spec
+
+
+BUDGET_FIELDS = ("max_steps", "max_epochs")
+
+
+def continues_run(spec: JobSpec, source: JobSpec) -> bool:
+    """Whether a job started from `source`'s checkpoint continues that run exactly (weights,
+    optimizer and schedule state, step, best) or starts a new run from its weights: it continues
+    when task, model and training agree apart from the budget."""
+    ignore = set(BUDGET_FIELDS)
+    ours, theirs = (
+        spec.training.model_dump(exclude=ignore),
+        source.training.model_dump(exclude=ignore),
+    )
+    return spec.task == source.task and spec.model == source.model and ours == theirs
 
 
 def _check_budget(training: Mapping[str, Any]) -> None:

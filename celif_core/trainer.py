@@ -29,7 +29,7 @@ import torch
 from celif_core.checkpoint import CheckpointInfo, encode, read_checkpoint, write_atomic
 from celif_core.errors import TrainingError
 from celif_core.models import CelifNetwork, build_model
-from celif_core.spec import JobSpec, validate_spec
+from celif_core.spec import JobSpec, continues_run, validate_spec
 from celif_core.tasks import MetricSums, Task, build_task
 from celif_core.telemetry import spec_energy_estimate
 
@@ -416,6 +416,23 @@ class Trainer:
         self.last_val = dict(meta.get("last_val") or {})
         self.last_val_step = meta.get("last_val_step")
         self.last_train_loss = meta.get("last_train_loss")
+
+    def init_from(self, path: str | os.PathLike) -> bool:
+        """Start from another run's checkpoint (spec `init_from`); returns whether the run
+        continues it. With the same task, model and training section apart from the budget
+        (`continues_run`) it restores everything `load_checkpoint` does, so the run goes on
+        exactly; otherwise only the weights, and this run starts at step 0 with a fresh
+        optimizer."""
+        self._require_setup()
+        data = read_checkpoint(path)
+        source = validate_spec(data.metadata["spec"])
+        if source.model != self.spec.model:
+            raise TrainingError(f"init_from checkpoint {path} has a different model section")
+        if continues_run(self.spec, source):
+            self.load_checkpoint(path)
+            return True
+        self.model.load_state_dict(data.model)
+        return False
 
     def cleanup(self) -> None:
         self._flush()

@@ -249,6 +249,13 @@ class JobRunner:
             data_dirs=DataDirs(mnist=self.settings.mnist_dir, datasets=self.settings.datasets_dir),
         )
         trainer.setup(resume_from=resume)
+        if resume is None and spec.init_from is not None:
+            # No checkpoint of its own yet: start from the source's copy the API installed.
+            # (A re-run after a kill finds its own checkpoints above and never re-inits.)
+            from service.checkpoints.service import INIT_FILE
+
+            continued = trainer.init_from(checkpoint_dir / INIT_FILE)
+            log.info("job %s: init_from %s", self.job_id, "continued" if continued else "weights")
         self._model = trainer.model  # its backend_name is known after the first step
         self._trainer = trainer
         info = {"device": _describe(getattr(trainer, "device", None))}
