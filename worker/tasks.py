@@ -30,6 +30,7 @@ from typing import Any
 from celery import signals
 from sqlalchemy import delete, select
 
+from service.datasets.service import job_dataset_error
 from service.db.models import Checkpoint, Job, JobEvent
 from service.db.session import get_engine, session_scope
 from service.events import append_event, append_metric_points, append_status_event
@@ -171,6 +172,17 @@ class JobRunner:
                     "failed",
                     error=f"gave up after {job.attempts - 1} attempts (worker lost each time)",
                     event={"error": "retries exhausted", "attempts": job.attempts - 1},
+                )
+                return None
+            refused = job_dataset_error(session, job)
+            if refused is not None:  # the owner must own the dataset the spec names, always
+                lease.release(
+                    session,
+                    job.id,
+                    self.worker_id,
+                    "failed",
+                    error=refused,
+                    event={"error": refused, "kind": "DataError"},
                 )
                 return None
             resume = self._pick_checkpoint(session)

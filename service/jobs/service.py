@@ -17,6 +17,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from celif_core.spec import JobSpec, estimate, validate_spec
+from service.datasets.service import owned_dataset_facts
 from service.db.models import TERMINAL_STATES, Checkpoint, Job, JobEvent, User
 from service.enqueue import try_enqueue_job
 from service.errors import BadRequest, Conflict, NotFound
@@ -43,7 +44,7 @@ def validate_job_spec(session: Session, user: User, body: Any, settings: Setting
     """Raises `SpecError` (-> 422 naming the field). Datasets resolve among the user's own."""
     return validate_spec(
         body,
-        datasets=lambda dataset_id: repo.get_dataset_facts(session, user.id, dataset_id),
+        datasets=lambda dataset_id: owned_dataset_facts(session, user.id, dataset_id),
         max_activation_bytes=settings.max_activation_bytes,
     )
 
