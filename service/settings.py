@@ -35,6 +35,9 @@ class Settings(BaseSettings):
     stale_after_s: float = Field(30.0, gt=0)
     reaper_interval_s: float = Field(5.0, gt=0)
     max_infra_retries: int = Field(3, ge=0, description="re-queues after worker loss")
+    # A job queued this long since its last send whose message the broker does not hold is
+    # re-sent (a lost message); a duplicate would be a harmless no-op (the claim guards it).
+    resend_queued_after_s: float = Field(10.0, gt=0)
     metrics_flush_interval_s: float = Field(1.0, gt=0)
     cancel_poll_interval_s: float = Field(0.2, gt=0)
 
