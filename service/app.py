@@ -19,6 +19,7 @@ from service import health
 from service.catalog.routes import router as catalog_router
 from service.errors import install_error_handlers
 from service.jobs import routes as job_routes
+from service.security import RejectNulMiddleware
 from service.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
@@ -151,5 +152,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             allow_headers=["Authorization", "Content-Type", "Idempotency-Key", "Last-Event-ID"],
             expose_headers=["Location", "Idempotent-Replayed", "X-Checkpoint-SHA256"],
         )
+    app.add_middleware(RejectNulMiddleware)
     app.add_middleware(health.LatencyMiddleware)
     return app

@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session
 from service.datasets.validate import InvalidDataset, inspect_npz
 from service.db.models import Dataset, User, new_id
 from service.errors import NotFound, PayloadTooLarge, Unprocessable
+from service.security import NUL, NUL_MESSAGE
 from service.settings import Settings
 
 CHUNK = 1024 * 1024
@@ -56,6 +57,8 @@ def create_dataset(
     name: str,
     kind: Literal["auto", "classification", "regression"] = "auto",
 ) -> Dataset:
+    if NUL in name:  # PostgreSQL's text columns cannot hold it
+        raise Unprocessable(f"the dataset name {NUL_MESSAGE}", loc=("body", "name"))
     root = datasets_dir(settings)
     tmp = root / f".upload-{uuid.uuid4().hex}.tmp"
     final: Path | None = None
