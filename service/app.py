@@ -19,7 +19,7 @@ from service import health
 from service.catalog.routes import router as catalog_router
 from service.errors import install_error_handlers
 from service.jobs import routes as job_routes
-from service.security import RejectNulMiddleware
+from service.security import RejectNulMiddleware, SecurityHeadersMiddleware
 from service.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
@@ -153,5 +153,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             expose_headers=["Location", "Idempotent-Replayed", "X-Checkpoint-SHA256"],
         )
     app.add_middleware(RejectNulMiddleware)
+    app.add_middleware(SecurityHeadersMiddleware)  # on every response, refusals included
     app.add_middleware(health.LatencyMiddleware)
     return app

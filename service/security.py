@@ -1,4 +1,4 @@
-"""Request guards that hold for every route.
+"""Request guards and response headers that hold for every route.
 
 `RejectNulMiddleware`: a NUL byte (0x00) anywhere in the URL path, the query string or a header
 is refused with 422 before any route runs: PostgreSQL's text types cannot hold NUL, so such a
@@ -74,3 +74,64 @@ def find_nul(value: object, loc: tuple = ()) -> tuple | None:
             if found is not None:
                 return found
     return None
+
+
+# The dashboard's page loads only its own files (app.js, app.css, the locally served plotly.js)
+# and talks only to this origin: no inline script, no eval, no framing, no other origin.
+# plotly.js adds its stylesheet rules through one empty <style> element (filled with CSSOM
+# insertRule, which CSP does not govern): that element, and only it, is allowed by its hash.
+EMPTY_STYLE_HASH = "'sha256-47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU='"
+CONTENT_SECURITY_POLICY = "; ".join(
+    (
+        "default-src 'none'",
+        "script-src 'self'",
+        f"style-src 'self' {EMPTY_STYLE_HASH}",
+        "img-src 'self' data: blob:",
+        "font-src 'self'",
+        "connect-src 'self'",
+        "base-uri 'none'",
+        "form-action 'none'",
+        "frame-ancestors 'none'",
+    )
+)
+SECURITY_HEADERS = (
+    (b"content-security-policy", CONTENT_SECURITY_POLICY.encode()),
+    (b"x-frame-options", b"DENY"),
+    (b"x-content-type-options", b"nosniff"),
+    (b"referrer-policy", b"no-referrer"),
+)
+# FastAPI's own Swagger UI / ReDoc pages load their scripts from a CDN with an inline bootstrap
+# script; they get every header but the CSP (they are developer pages, not the dashboard).
+NO_CSP_PATHS = ("/docs", "/redoc")
+
+
+class SecurityHeadersMiddleware:
+    """Adds the headers above to every HTTP response (API, dashboard, errors alike)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        path = scope.get("path", "")
+        extra = [
+            h
+            for h in SECURITY_HEADERS
+            if not (h[0] == b"content-security-policy" and path.startswith(NO_CSP_PATHS))
+        ]
+
+        async def send_with_headers(message) -> None:
+            if message["type"] == "http.response.start":
+                present = {name.lower() for name, _ in message.get("headers", [])}
+                message = {
+                    **message,
+                    "headers": [
+                        *message.get("headers", []),
+                        *(h for h in extra if h[0] not in present),
+                    ],
+                }
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
