@@ -210,11 +210,13 @@ class StreamLimit(Exception):
 
 
 class StreamStore:
-    """In-memory streaming sessions: expire after `ttl_s` idle, at most `max_streams` open."""
+    """In-memory streaming sessions: expire after `ttl_s` idle; at most `max_streams` open in
+    all and `max_per_user` per user, so one user at the cap blocks no one else."""
 
-    def __init__(self, *, ttl_s: float = 600.0, max_streams: int = 64):
+    def __init__(self, *, ttl_s: float = 600.0, max_streams: int = 64, max_per_user: int = 8):
         self.ttl_s = ttl_s
         self.max_streams = max_streams
+        self.max_per_user = max_per_user
         self._streams: dict[str, Stream] = {}
         self._lock = threading.Lock()
 
@@ -237,9 +239,17 @@ class StreamStore:
         )
         with self._lock:
             self._expire(now)
+            own = sum(1 for s in self._streams.values() if s.owner_id == owner_id)
+            if own >= self.max_per_user:
+                raise StreamLimit(
+                    f"you have {own} streams open, the limit per user is {self.max_per_user} "
+                    "(settings.max_streams_per_user); DELETE finished streams or wait for idle "
+                    f"ones to expire ({self.ttl_s:.0f} s)"
+                )
             if len(self._streams) >= self.max_streams:
                 raise StreamLimit(
-                    f"{len(self._streams)} streams are open, the limit is {self.max_streams}; "
+                    f"{len(self._streams)} streams are open on this server, the limit is "
+                    f"{self.max_streams} (settings.max_streams); "
                     "DELETE finished streams or wait for idle ones to expire "
                     f"({self.ttl_s:.0f} s)"
                 )

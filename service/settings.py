@@ -47,6 +47,10 @@ class Settings(BaseSettings):
     max_predict_sequences: int = Field(256, ge=1)
     max_activation_bytes: int = Field(32 * 1024**3, ge=1)
     model_cache_size: int = Field(8, ge=1)
+    # Open streaming-predict sessions per API process: in all, and per user (one user at the
+    # cap gets 429 and nobody else does).
+    max_streams: int = Field(64, ge=1)
+    max_streams_per_user: int = Field(8, ge=1)
     cors_origins: list[str] = Field(default_factory=list, description="CORS is off when empty")
 
     @model_validator(mode="after")

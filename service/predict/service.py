@@ -29,7 +29,6 @@ from service.settings import Settings
 FIXED_LENGTH_TASKS = ("seq_mnist", "ps_mnist", "copy_memory", "dataset")
 MAX_FREE_STEPS = 100_000
 STREAM_TTL_S = 600.0
-MAX_STREAMS = 64
 MAX_SAMPLES = 64
 
 
@@ -60,7 +59,11 @@ def get_runtime(state: Any, settings: Settings) -> Runtime:
 
                 runtime = Runtime(
                     cache=inference.ModelCache(settings.model_cache_size),
-                    streams=inference.StreamStore(ttl_s=STREAM_TTL_S, max_streams=MAX_STREAMS),
+                    streams=inference.StreamStore(
+                        ttl_s=STREAM_TTL_S,
+                        max_streams=settings.max_streams,
+                        max_per_user=settings.max_streams_per_user,
+                    ),
                 )
                 state.inference_runtime = runtime
     return runtime
