@@ -8,6 +8,7 @@ value would otherwise reach the database as an id or filter and fail there (a 50
 from __future__ import annotations
 
 import json
+from functools import cache
 from urllib.parse import parse_qsl
 
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -79,27 +80,46 @@ def find_nul(value: object, loc: tuple = ()) -> tuple | None:
 # The dashboard's page loads only its own files (app.js, app.css, the locally served plotly.js)
 # and talks only to this origin: no inline script, no eval, no framing, no other origin.
 # plotly.js adds its stylesheet rules through one empty <style> element (filled with CSSOM
-# insertRule, which CSP does not govern): that element, and only it, is allowed by its hash.
+# insertRule, which CSP does not govern) and a few <style> elements of fixed text: those, and
+# only those, are allowed by their hashes. (`style-src` is the fallback of browsers without the
+# -elem/-attr directives.)
 EMPTY_STYLE_HASH = "'sha256-47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU='"
-CONTENT_SECURITY_POLICY = "; ".join(
-    (
-        "default-src 'none'",
-        "script-src 'self'",
-        f"style-src 'self' {EMPTY_STYLE_HASH}",
-        "img-src 'self' data: blob:",
-        "font-src 'self'",
-        "connect-src 'self'",
-        "base-uri 'none'",
-        "form-action 'none'",
-        "frame-ancestors 'none'",
+
+
+@cache
+def content_security_policy() -> str:
+    from service.dashboard.routes import plotly_style_hashes
+
+    styles = " ".join(("'self'", EMPTY_STYLE_HASH, *plotly_style_hashes()))
+    return "; ".join(
+        (
+            "default-src 'none'",
+            "script-src 'self'",
+            f"style-src {styles}",
+            f"style-src-elem {styles}",
+            # plotly.js sets style="" attributes (d3 .attr("style")) on its SVG nodes. An inline
+            # style attribute can neither run code nor select on page content (no selectors),
+            # so attributes are allowed while <style> elements and scripts stay locked down.
+            "style-src-attr 'unsafe-inline'",
+            "img-src 'self' data: blob:",
+            "font-src 'self'",
+            "connect-src 'self'",
+            "base-uri 'none'",
+            "form-action 'none'",
+            "frame-ancestors 'none'",
+        )
     )
-)
-SECURITY_HEADERS = (
-    (b"content-security-policy", CONTENT_SECURITY_POLICY.encode()),
-    (b"x-frame-options", b"DENY"),
-    (b"x-content-type-options", b"nosniff"),
-    (b"referrer-policy", b"no-referrer"),
-)
+
+
+def security_headers() -> tuple[tuple[bytes, bytes], ...]:
+    return (
+        (b"content-security-policy", content_security_policy().encode()),
+        (b"x-frame-options", b"DENY"),
+        (b"x-content-type-options", b"nosniff"),
+        (b"referrer-policy", b"no-referrer"),
+    )
+
+
 # FastAPI's own Swagger UI / ReDoc pages load their scripts from a CDN with an inline bootstrap
 # script; they get every header but the CSP (they are developer pages, not the dashboard).
 NO_CSP_PATHS = ("/docs", "/redoc")
@@ -118,7 +138,7 @@ class SecurityHeadersMiddleware:
         path = scope.get("path", "")
         extra = [
             h
-            for h in SECURITY_HEADERS
+            for h in security_headers()
             if not (h[0] == b"content-security-policy" and path.startswith(NO_CSP_PATHS))
         ]
 
