@@ -44,6 +44,9 @@ class Settings(BaseSettings):
     # Request limits.
     max_body_bytes: int = Field(32 * 1024**2, ge=1024)
     max_upload_bytes: int = Field(256 * 1024**2, ge=1024)
+    max_dataset_bytes: int | None = Field(
+        None, ge=1, description="unpacked arrays of an NPZ upload; default 4 x max_upload_bytes"
+    )
     max_predict_sequences: int = Field(256, ge=1)
     max_activation_bytes: int = Field(32 * 1024**3, ge=1)
     model_cache_size: int = Field(8, ge=1)
@@ -86,6 +89,12 @@ class Settings(BaseSettings):
     def embedded(self) -> bool:
         """True when running without servers (SQLite + filesystem broker)."""
         return self.broker_url.startswith("filesystem")
+
+    @property
+    def dataset_bytes_limit(self) -> int:
+        """The arrays of an uploaded NPZ may take this much memory once unpacked (compressed
+        NPZ members can unpack to far more than the upload)."""
+        return self.max_dataset_bytes or 4 * self.max_upload_bytes
 
     @property
     def broker_dir(self) -> Path:

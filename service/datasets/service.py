@@ -24,8 +24,6 @@ from service.security import NUL, NUL_MESSAGE
 from service.settings import Settings
 
 CHUNK = 1024 * 1024
-# An NPZ may be compressed: the arrays may take more memory than the upload; bound that too.
-DECOMPRESSION_FACTOR = 4
 
 
 def datasets_dir(settings: Settings) -> Path:
@@ -70,9 +68,7 @@ def create_dataset(
         if size == 0:
             raise Unprocessable("the uploaded file is empty", loc=("body", "file"))
         try:
-            facts = inspect_npz(
-                tmp, kind=kind, max_array_bytes=DECOMPRESSION_FACTOR * settings.max_upload_bytes
-            )
+            facts = inspect_npz(tmp, kind=kind, max_array_bytes=settings.dataset_bytes_limit)
         except InvalidDataset as exc:
             raise Unprocessable(str(exc), loc=("body", "file")) from None
         dataset_id = new_id()
