@@ -54,6 +54,46 @@ class _Member:
     offset: int  # bytes of the .npy header before the data
 
 
+def _member_header(zf: zipfile.ZipFile, name: str, key: str) -> _Member:
+    try:
+        with zf.open(name) as fh:
+            version = np.lib.format.read_magic(fh)
+            if version == (1, 0):
+                shape, fortran, dtype = np.lib.format.read_array_header_1_0(fh)
+            else:
+                shape, fortran, dtype = np.lib.format.read_array_header_2_0(fh)
+            offset = fh.tell()
+    except (ValueError, OSError, zipfile.BadZipFile, EOFError) as exc:
+        raise InvalidDataset(f"array {key!r} is not a valid .npy member: {exc}") from None
+    return _Member(name, tuple(shape), dtype, bool(fortran), offset)
+
+
+def array_member(zf: zipfile.ZipFile, key: str) -> _Member:
+    """The header of array `key` (`x` or `y`) of a stored NPZ."""
+    name = f"{key}.npy" if f"{key}.npy" in zf.namelist() else key
+    return _member_header(zf, name, key)
+
+
+def read_rows(zf: zipfile.ZipFile, key: str, rows: list[int]) -> np.ndarray:
+    """Rows `rows` (first-axis indices) of array `key`, read by seeking in the member: memory
+    for those rows only (a compressed member is decompressed up to the last row, in blocks)."""
+    m = array_member(zf, key)
+    row_shape = m.shape[1:]
+    row_bytes = int(np.prod(row_shape, dtype=np.int64)) * m.dtype.itemsize
+    out = np.empty((len(rows), *row_shape), dtype=m.dtype)
+    if m.fortran and len(m.shape) > 1:  # rows are not contiguous: read the array (rare)
+        with zf.open(m.name) as fh:
+            return np.lib.format.read_array(fh, allow_pickle=False)[rows]
+    with zf.open(m.name) as fh:
+        for pos, i in sorted(enumerate(rows), key=lambda t: t[1]):  # forward seeks only
+            fh.seek(m.offset + i * row_bytes)
+            block = fh.read(row_bytes)
+            if len(block) != row_bytes:
+                raise InvalidDataset(f"array {key!r} is shorter than its header says")
+            out[pos] = np.frombuffer(block, dtype=m.dtype).reshape(row_shape)
+    return out
+
+
 def _read_headers(zf: zipfile.ZipFile, max_array_bytes: int) -> dict[str, _Member]:
     """The arrays' declared shapes, from the .npy headers and the zip directory only: nothing
     beyond a header is decompressed, so a bomb is refused before it is unpacked."""
@@ -75,16 +115,8 @@ def _read_headers(zf: zipfile.ZipFile, max_array_bytes: int) -> dict[str, _Membe
     total = 0
     for name, key in zip(names, keys, strict=True):
         info = zf.getinfo(name)
-        try:
-            with zf.open(name) as fh:
-                version = np.lib.format.read_magic(fh)
-                if version == (1, 0):
-                    shape, fortran, dtype = np.lib.format.read_array_header_1_0(fh)
-                else:
-                    shape, fortran, dtype = np.lib.format.read_array_header_2_0(fh)
-                offset = fh.tell()
-        except (ValueError, OSError, zipfile.BadZipFile, EOFError) as exc:
-            raise InvalidDataset(f"array {key!r} is not a valid .npy member: {exc}") from None
+        member = _member_header(zf, name, key)
+        shape, dtype, offset = member.shape, member.dtype, member.offset
         if dtype.hasobject:
             raise InvalidDataset(
                 f"array {key!r} is an object array (ragged sequences or non-numeric values); "
@@ -108,7 +140,7 @@ def _read_headers(zf: zipfile.ZipFile, max_array_bytes: int) -> dict[str, _Membe
                 f"its header declares {offset + nbytes} ({_shape(shape)} {dtype}); the file is "
                 "truncated or corrupt"
             )
-        headers[key] = _Member(name, tuple(shape), dtype, bool(fortran), offset)
+        headers[key] = member
     return headers
 
 
