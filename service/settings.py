@@ -48,6 +48,9 @@ class Settings(BaseSettings):
         None, ge=1, description="unpacked arrays of an NPZ upload; default 4 x max_upload_bytes"
     )
     max_predict_sequences: int = Field(256, ge=1)
+    # Numbers in one predict / stream-chunk body, counted before the JSON is parsed: bounds the
+    # memory parsing takes (~32 bytes per number as Python objects; 2**21 -> ~70 MB).
+    max_predict_values: int = Field(2**21, ge=1)
     max_activation_bytes: int = Field(32 * 1024**3, ge=1)
     model_cache_size: int = Field(8, ge=1)
     # Open streaming-predict sessions per API process: in all, and per user (one user at the

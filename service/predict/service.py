@@ -115,11 +115,12 @@ def parse_inputs(
             f"inputs must be numbers, shape {want}; got values of type {arr.dtype.name!r} "
             "(strings, null or ragged nested lists)"
         )
+    got = list(arr.shape)  # not np.shape(raw): that would convert the nested lists again
     f = spec.input_size
     if arr.ndim == 2 and f == 1:
         arr = arr[:, :, None]
     if arr.ndim != 3 or arr.shape[2] != f or arr.shape[0] < 1 or arr.shape[1] < 1:
-        raise _refuse(f"inputs must have shape {want}; got {list(np.shape(raw))}")
+        raise _refuse(f"inputs must have shape {want}; got {got}")
     n, t = int(arr.shape[0]), int(arr.shape[1])
     if max_sequences is not None and n > max_sequences:
         raise _refuse(
