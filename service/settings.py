@@ -35,6 +35,13 @@ class Settings(BaseSettings):
     stale_after_s: float = Field(30.0, gt=0)
     reaper_interval_s: float = Field(5.0, gt=0)
     max_infra_retries: int = Field(3, ge=0, description="re-queues after worker loss")
+    # A job's infrastructure error (storage or database I/O, a lost device) is retried after an
+    # exponential backoff with jitter: base * 2**k seconds (at most infra_retry_max_delay_s),
+    # times a random factor in [0.5, 1]; the job fails once its first such error is older than
+    # infra_retry_budget_s. Retries are counted per cause (storage, database, device, other).
+    infra_retry_base_s: float = Field(1.0, gt=0)
+    infra_retry_max_delay_s: float = Field(30.0, gt=0)
+    infra_retry_budget_s: float = Field(300.0, gt=0)
     # A job queued this long since its last send whose message the broker does not hold is
     # re-sent (a lost message); a duplicate would be a harmless no-op (the claim guards it).
     resend_queued_after_s: float = Field(10.0, gt=0)
