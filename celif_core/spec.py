@@ -437,8 +437,9 @@ def validate_spec(
     """Validate a submitted spec and fill in every default.
 
     `datasets(dataset_id)` returns the stored dataset's facts (seq_len, input_size, output_size,
-    kind, target) or None when there is no such dataset; it is needed only for the `dataset`
-    task when those facts are not already in the params (a spec read back from a checkpoint).
+    kind, target) or None when there is no such dataset (or it is not the submitter's); when given
+    it is always consulted for the `dataset` task. Without it the facts must already be in the
+    params (a spec read back from a checkpoint).
     """
     if not isinstance(data, Mapping):
         raise _fail([], "spec must be a JSON object", "type_error")
@@ -521,8 +522,11 @@ def _check_epochs(spec: JobSpec) -> None:
 
 def _resolve_dataset(params: dict[str, Any], datasets: DatasetResolver | None) -> dict[str, Any]:
     facts = ("seq_len", "input_size", "output_size", "target")
-    if all(params.get(k) is not None for k in facts):
-        return params  # already resolved (e.g. read back from a checkpoint)
+    if datasets is None and all(params.get(k) is not None for k in facts):
+        # Read back from a checkpoint or a stored job (no resolver): already resolved. With a
+        # resolver the dataset is always looked up, so the resolver's ownership check is never
+        # skipped by a spec that carries the facts itself; the stored facts replace its own.
+        return params
     dataset_id = params.get("dataset_id")
     if not isinstance(dataset_id, str) or not dataset_id:
         raise _fail(

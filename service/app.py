@@ -10,6 +10,7 @@ import importlib
 import importlib.util
 import json
 import logging
+import re
 
 from fastapi import FastAPI, HTTPException
 from fastapi.middleware.cors import CORSMiddleware
@@ -19,6 +20,7 @@ from service import health
 from service.catalog.routes import router as catalog_router
 from service.errors import install_error_handlers
 from service.jobs import routes as job_routes
+from service.security import RejectNulMiddleware, SecurityHeadersMiddleware
 from service.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
@@ -107,6 +109,75 @@ class BodySizeLimitMiddleware:
         await send({"type": "http.response.body", "body": body})
 
 
+class _TooManyValues(HTTPException):
+    """Raised from `receive` (FastAPI answers it as is: a 422 in the validation-error shape)."""
+
+    def __init__(self, limit: int) -> None:
+        msg = (
+            f"the body holds more than {limit} values (settings.max_predict_values); "
+            "send fewer sequences per request"
+        )
+        super().__init__(422, [{"loc": ["body", "inputs"], "msg": msg, "type": "value_error"}])
+
+
+# Predict bodies are nested JSON lists; parsed, each number is a Python float (~32 bytes with
+# its list slot), so a 32 MiB body could take ~1 GB before its shape is even checked.
+PREDICT_PATH = re.compile(r"^/api/v1/jobs/[^/]+/(predict|streams/[^/]+/chunks)$")
+
+
+class PredictValueLimitMiddleware:
+    """422 for a predict or stream-chunk body holding more than `max_values` numbers, counted
+    on the raw bytes as they arrive (values <= commas + 1), before any JSON is parsed."""
+
+    def __init__(self, app: ASGIApp, *, max_values: int) -> None:
+        self.app = app
+        self.max_values = max_values
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if (
+            scope["type"] != "http"
+            or scope.get("method") != "POST"
+            or not PREDICT_PATH.match(scope.get("path", ""))
+        ):
+            await self.app(scope, receive, send)
+            return
+        commas = 0
+        started = False
+
+        async def counting_receive() -> Message:
+            nonlocal commas
+            message = await receive()
+            if message["type"] == "http.request":
+                commas += message.get("body", b"").count(b",")
+                if commas >= self.max_values:
+                    raise _TooManyValues(self.max_values)
+            return message
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, counting_receive, tracking_send)
+        except _TooManyValues as exc:
+            if started:
+                raise
+            body = json.dumps({"detail": exc.detail}).encode()
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 422,
+                    "headers": [
+                        (b"content-type", b"application/json"),
+                        (b"content-length", str(len(body)).encode()),
+                    ],
+                }
+            )
+            await send({"type": "http.response.body", "body": body})
+
+
 def _optional_router(module_name: str):
     if importlib.util.find_spec(module_name) is None:
         return None
@@ -139,6 +210,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             log.info("optional router %s not present; skipped", module_name)
 
     # Middleware: the last added runs first. Latency wraps everything (413s and CORS included).
+    app.add_middleware(PredictValueLimitMiddleware, max_values=settings.max_predict_values)
     app.add_middleware(
         BodySizeLimitMiddleware,
         max_body_bytes=settings.max_body_bytes,
@@ -152,5 +224,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             allow_headers=["Authorization", "Content-Type", "Idempotency-Key", "Last-Event-ID"],
             expose_headers=["Location", "Idempotent-Replayed", "X-Checkpoint-SHA256"],
         )
+    app.add_middleware(RejectNulMiddleware)
+    app.add_middleware(SecurityHeadersMiddleware)  # on every response, refusals included
     app.add_middleware(health.LatencyMiddleware)
     return app

@@ -11,13 +11,17 @@ Routes never build error bodies by hand. Two body shapes exist:
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import DataError
 
 from celif_core.spec import SpecError
+
+log = logging.getLogger(__name__)
 
 
 class ServiceError(Exception):
@@ -111,6 +115,21 @@ async def _spec_error_handler(_request: Request, exc: Exception) -> JSONResponse
     return error_response(spec_error_to_unprocessable(exc))
 
 
+async def _data_error_handler(_request: Request, exc: Exception) -> JSONResponse:
+    """The last line of defence: a value the database refuses (a NUL byte, a number beyond
+    bigint) that no check before it caught is the client's input, not a server failure. Every
+    route validates its input first; tests/security probes that none reaches this."""
+    log.warning("database refused a request value: %s", str(exc).splitlines()[0][:300])
+    return error_response(
+        Unprocessable(
+            "a value in the request cannot be stored or compared by the database "
+            "(a NUL byte, or a number out of range)",
+            loc=("request",),
+        )
+    )
+
+
 def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(ServiceError, _service_error_handler)
     app.add_exception_handler(SpecError, _spec_error_handler)
+    app.add_exception_handler(DataError, _data_error_handler)

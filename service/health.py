@@ -64,17 +64,6 @@ def check_broker(settings: Settings) -> None:
         conn.ensure_connection(max_retries=1, timeout=2)
 
 
-def queue_depth(settings: Settings) -> int:
-    """Messages waiting in the job queue (Redis list length / files of the filesystem broker)."""
-    from service.enqueue import get_celery_app
-
-    app = get_celery_app(settings)
-    queue = app.conf.task_default_queue
-    with app.connection_for_read() as conn:
-        conn.ensure_connection(max_retries=1, timeout=2)
-        return int(conn.default_channel.queue_declare(queue=queue, passive=True).message_count)
-
-
 @router.get("/healthz")
 def healthz() -> dict[str, str]:
     """Liveness: the process answers."""
@@ -113,6 +102,8 @@ def metrics(request: Request) -> Response:
     except Exception:  # a scrape must still answer when the DB is down
         log.exception("could not count jobs for /metrics")
     try:
+        from service.enqueue import queue_depth
+
         QUEUE_DEPTH.set(queue_depth(_settings(request)))
     except Exception:
         QUEUE_DEPTH.set(-1)

@@ -210,11 +210,13 @@ class StreamLimit(Exception):
 
 
 class StreamStore:
-    """In-memory streaming sessions: expire after `ttl_s` idle, at most `max_streams` open."""
+    """In-memory streaming sessions: expire after `ttl_s` idle; at most `max_streams` open in
+    all and `max_per_user` per user, so one user at the cap blocks no one else."""
 
-    def __init__(self, *, ttl_s: float = 600.0, max_streams: int = 64):
+    def __init__(self, *, ttl_s: float = 600.0, max_streams: int = 64, max_per_user: int = 8):
         self.ttl_s = ttl_s
         self.max_streams = max_streams
+        self.max_per_user = max_per_user
         self._streams: dict[str, Stream] = {}
         self._lock = threading.Lock()
 
@@ -237,9 +239,17 @@ class StreamStore:
         )
         with self._lock:
             self._expire(now)
+            own = sum(1 for s in self._streams.values() if s.owner_id == owner_id)
+            if own >= self.max_per_user:
+                raise StreamLimit(
+                    f"you have {own} streams open, the limit per user is {self.max_per_user} "
+                    "(settings.max_streams_per_user); DELETE finished streams or wait for idle "
+                    f"ones to expire ({self.ttl_s:.0f} s)"
+                )
             if len(self._streams) >= self.max_streams:
                 raise StreamLimit(
-                    f"{len(self._streams)} streams are open, the limit is {self.max_streams}; "
+                    f"{len(self._streams)} streams are open on this server, the limit is "
+                    f"{self.max_streams} (settings.max_streams); "
                     "DELETE finished streams or wait for idle ones to expire "
                     f"({self.ttl_s:.0f} s)"
                 )
@@ -342,8 +352,11 @@ def te_similarity(
 
 
 # ----------------------------------------------------------------------------- task samples
-_TASKS: OrderedDict[str, Any] = OrderedDict()
-_TASKS_LOCK = threading.Lock()
+# Only the `n` rows asked for are built: never a job's whole evaluation set, and nothing is
+# cached between requests (a large job's eval sets took hundreds of MB in the API before).
+
+
+SAMPLES_INDEX = 1_000_000
 
 
 class DataUnavailable(Exception):
@@ -359,22 +372,85 @@ def task_samples(
     datasets_dir: Path | None,
     offset: int = 0,
 ) -> tuple[np.ndarray, list[Any]]:
-    """`n` sequences of the spec's task (`split` = val|test) and their targets, as numpy."""
-    from celif_core.errors import DataError
-    from celif_core.tasks import build_task  # heavy (reads MNIST); only when asked
+    """`n` sequences of the spec's task (`split` = val|test) and their targets, as numpy.
 
-    key = spec.task.model_dump_json()
-    with _TASKS_LOCK:
-        task = _TASKS.get(key)
-    if task is None:
-        try:
-            task = build_task(spec, mnist_dir=mnist_dir, datasets_dir=datasets_dir, download=False)
-        except DataError as exc:
-            raise DataUnavailable(str(exc)) from None
-        with _TASKS_LOCK:
-            _TASKS[key] = task
-            while len(_TASKS) > 4:
-                _TASKS.popitem(last=False)
-    for xb, yb in task.eval_batches(split, n + offset):
-        return xb[offset : offset + n].float().numpy(), yb[offset : offset + n].numpy().tolist()
-    return np.zeros((0, spec.seq_len, spec.input_size), np.float32), []
+    MNIST and uploaded datasets: rows `offset .. offset+n` of the job's own split (the same rows
+    its evaluation used). Generated tasks (adding, copy_memory): `n` sequences drawn from the
+    task's seed, the split and `offset` (deterministic; drawing the eval set's own rows would
+    mean generating all of it)."""
+    from celif_core.errors import DataError
+
+    try:
+        name = spec.task.name
+        if name in ("seq_mnist", "ps_mnist"):
+            x, y = _mnist_rows(spec, split, n, offset, mnist_dir)
+        elif name == "dataset":
+            x, y = _dataset_rows(spec, split, n, offset, datasets_dir)
+        else:
+            x, y = _generated_rows(spec, split, n, offset)
+    except DataError as exc:
+        raise DataUnavailable(str(exc)) from None
+    return np.asarray(x, dtype=np.float32), np.asarray(y).tolist()
+
+
+def _generated_rows(spec: JobSpec, split: str, n: int, offset: int):
+    from celif_core.tasks import AddingTask, CopyMemoryTask, derived_generator
+
+    p = spec.task.params
+    if spec.task.name == "adding":
+        task = AddingTask(p.seq_len, 0, 0, p.seed)  # no eval sets: only the generator
+    else:
+        task = CopyMemoryTask(p.delay, 0, 0, p.seed)
+    # The split's own stream at an index its eval set (index 0) never uses.
+    x, y = task.generate(n, derived_generator(p.seed, split, SAMPLES_INDEX + offset))
+    return x.numpy(), y.numpy()
+
+
+def _mnist_rows(spec: JobSpec, split: str, n: int, offset: int, mnist_dir: Path | None):
+    from celif_core.tasks import derived_generator, load_mnist
+
+    p = spec.task.params
+    data = load_mnist(mnist_dir, download=False)  # read for this request, then dropped
+    if split == "test":
+        images, labels = data["test_images"], data["test_labels"]
+        idx = np.arange(offset, min(offset + n, images.shape[0]))
+    else:  # the validation split carved from the training images, as celif_core's MnistTask
+        order = torch.randperm(60000, generator=derived_generator(p.seed, "split")).numpy()
+        idx = order[: p.val_size][offset : offset + n]
+        images, labels = data["train_images"], data["train_labels"]
+    x = images[idx].astype(np.float32) / 255.0
+    if spec.task.name == "ps_mnist":
+        gen = torch.Generator().manual_seed(int(p.permutation_seed))
+        x = x[:, torch.randperm(784, generator=gen).numpy()]
+    return x[:, :, None], labels[idx]
+
+
+def _dataset_rows(spec: JobSpec, split: str, n: int, offset: int, datasets_dir: Path | None):
+    """Rows of the job's split read straight from the stored NPZ (headers, then the rows'
+    bytes), as celif_core's DatasetTask splits it; never the whole file."""
+    import zipfile
+
+    from celif_core.errors import DataError
+    from celif_core.tasks import dataset_path, derived_generator
+    from service.datasets.validate import InvalidDataset, array_member, read_rows
+
+    p = spec.task.params
+    if datasets_dir is None:
+        raise DataError("no datasets directory is configured (settings.datasets_dir)")
+    path = dataset_path(datasets_dir, p.dataset_id)
+    if not path.is_file():
+        raise DataError(f"no dataset with id {p.dataset_id!r}")
+    try:
+        with zipfile.ZipFile(path) as zf:
+            count = array_member(zf, "x").shape[0]
+            order = torch.randperm(count, generator=derived_generator(p.seed, "split"))
+            n_test = max(1, round(count * p.test_fraction))
+            n_val = max(1, round(count * p.val_fraction))
+            part = order[:n_test] if split == "test" else order[n_test : n_test + n_val]
+            idx = part[offset : offset + n].tolist()
+            x_rows, y_rows = read_rows(zf, "x", idx), read_rows(zf, "y", idx)
+    except (InvalidDataset, zipfile.BadZipFile, OSError) as exc:
+        raise DataError(f"dataset {p.dataset_id!r} cannot be read: {exc}") from None
+    if spec.kind in ("classification", "sequence"):
+        y_rows = y_rows.astype(np.int64)
+    return x_rows, y_rows

@@ -35,6 +35,16 @@ class Settings(BaseSettings):
     stale_after_s: float = Field(30.0, gt=0)
     reaper_interval_s: float = Field(5.0, gt=0)
     max_infra_retries: int = Field(3, ge=0, description="re-queues after worker loss")
+    # A job's infrastructure error (storage or database I/O, a lost device) is retried after an
+    # exponential backoff with jitter: base * 2**k seconds (at most infra_retry_max_delay_s),
+    # times a random factor in [0.5, 1]; the job fails once its first such error is older than
+    # infra_retry_budget_s. Retries are counted per cause (storage, database, device, other).
+    infra_retry_base_s: float = Field(1.0, gt=0)
+    infra_retry_max_delay_s: float = Field(30.0, gt=0)
+    infra_retry_budget_s: float = Field(300.0, gt=0)
+    # A job queued this long since its last send whose message the broker does not hold is
+    # re-sent (a lost message); a duplicate would be a harmless no-op (the claim guards it).
+    resend_queued_after_s: float = Field(10.0, gt=0)
     metrics_flush_interval_s: float = Field(1.0, gt=0)
     cancel_poll_interval_s: float = Field(0.2, gt=0)
     # Intra-op threads of the training process (torch.set_num_threads); None keeps torch's
@@ -44,9 +54,19 @@ class Settings(BaseSettings):
     # Request limits.
     max_body_bytes: int = Field(32 * 1024**2, ge=1024)
     max_upload_bytes: int = Field(256 * 1024**2, ge=1024)
+    max_dataset_bytes: int | None = Field(
+        None, ge=1, description="unpacked arrays of an NPZ upload; default 4 x max_upload_bytes"
+    )
     max_predict_sequences: int = Field(256, ge=1)
+    # Numbers in one predict / stream-chunk body, counted before the JSON is parsed: bounds the
+    # memory parsing takes (~32 bytes per number as Python objects; 2**21 -> ~70 MB).
+    max_predict_values: int = Field(2**21, ge=1)
     max_activation_bytes: int = Field(32 * 1024**3, ge=1)
     model_cache_size: int = Field(8, ge=1)
+    # Open streaming-predict sessions per API process: in all, and per user (one user at the
+    # cap gets 429 and nobody else does).
+    max_streams: int = Field(64, ge=1)
+    max_streams_per_user: int = Field(8, ge=1)
     cors_origins: list[str] = Field(default_factory=list, description="CORS is off when empty")
 
     @model_validator(mode="after")
@@ -82,6 +102,12 @@ class Settings(BaseSettings):
     def embedded(self) -> bool:
         """True when running without servers (SQLite + filesystem broker)."""
         return self.broker_url.startswith("filesystem")
+
+    @property
+    def dataset_bytes_limit(self) -> int:
+        """The arrays of an uploaded NPZ may take this much memory once unpacked (compressed
+        NPZ members can unpack to far more than the upload)."""
+        return self.max_dataset_bytes or 4 * self.max_upload_bytes
 
     @property
     def broker_dir(self) -> Path:

@@ -5,8 +5,9 @@ reapers may run at once: every transition is a conditional UPDATE, so each stale
 once. A stale running job is re-queued (status `queued` + a status event, the message sent after
 the commit) and its next worker resumes it from its last checkpoint; past `max_infra_retries`
 re-queues it is failed instead. A queued job whose message was lost (broker down at submit, or a
-filesystem-broker message taken by a worker that died before claiming it) is re-sent when the
-broker's queue is empty.
+filesystem-broker message taken by a worker that died before claiming it, a Redis restart) is
+re-sent once it has been queued for `resend_queued_after_s` with its id in no message the broker
+holds (see `_resend_lost`).
 """
 
 from __future__ import annotations
@@ -24,9 +25,6 @@ from service.settings import Settings
 from worker import lease
 
 log = logging.getLogger(__name__)
-
-# A queued job untouched for this many stale periods, with an empty broker queue, is re-sent.
-LOST_MESSAGE_PERIODS = 4
 
 
 @dataclass
@@ -97,7 +95,17 @@ def reap_once(settings: Settings, *, enqueue=None) -> ReapResult:
 
 
 def _resend_lost(settings: Settings, enqueue) -> list[str]:
-    cutoff = utcnow() - timedelta(seconds=settings.stale_after_s * LOST_MESSAGE_PERIODS)
+    """Re-send queued jobs whose message is not in the broker.
+
+    A message can be lost: the broker was down at submit, Redis restarted without persistence,
+    its keys were deleted, a filesystem-broker message was taken by a worker that died before
+    claiming it. A job queued since its last send for over `resend_queued_after_s` whose id is
+    in no message the broker holds (waiting or delivered-unacked) is sent again. Should the
+    message have been in flight after all, the duplicate is harmless: the claim is a conditional
+    UPDATE, so the second delivery finds the job running (or done) and does nothing.
+    `updated_at` records the last (re)send: re-queues, sends and re-sends all set it.
+    """
+    cutoff = utcnow() - timedelta(seconds=settings.resend_queued_after_s)
     with session_scope(settings.database_url) as session:
         ids = session.scalars(
             select(Job.id)
@@ -105,11 +113,17 @@ def _resend_lost(settings: Settings, enqueue) -> list[str]:
             .order_by(Job.created_at)
             .limit(100)
         ).all()
-    if not ids or queue_depth() != 0:
+    if not ids:
         return []
+    held = job_ids_in_broker(settings)
+    if held is None:
+        return []  # the broker is down: nothing could be sent; try again next pass
     resent = []
     for job_id in ids:
+        if job_id in held:
+            continue
         with session_scope(settings.database_url) as session:
+            # Claims this re-send: of several reapers, one sends.
             result = session.execute(
                 update(Job)
                 .where(Job.id == job_id, Job.status == "queued", Job.updated_at < cutoff)
@@ -121,20 +135,20 @@ def _resend_lost(settings: Settings, enqueue) -> list[str]:
         enqueue(job_id)
         resent.append(job_id)
     if resent:
-        log.warning("reaper: re-sent %d queued job(s) whose message was lost", len(resent))
+        log.warning(
+            "reaper: re-sent %d queued job(s) whose message was not in the broker", len(resent)
+        )
     return resent
 
 
-def queue_depth() -> int | None:
-    """Messages waiting in the jobs queue (None when the broker cannot tell)."""
-    from worker.app import QUEUE, celery_app
+def job_ids_in_broker(settings: Settings) -> set[str] | None:
+    """Ids of the jobs whose message the broker holds; None when the broker cannot be reached."""
+    from service.enqueue import job_ids_in_broker as held
 
     try:
-        with celery_app.connection_for_write() as conn:
-            ok = conn.default_channel.queue_declare(queue=QUEUE, passive=True)
-            return int(ok.message_count)
-    except Exception:  # the broker is down or the queue is not declared yet
-        log.debug("queue depth unavailable", exc_info=True)
+        return held(settings)
+    except Exception:  # the broker is down
+        log.debug("broker contents unavailable", exc_info=True)
         return None
 
 

@@ -12,7 +12,9 @@ Guarantees (DESIGN.md §6), and where they live:
 - heartbeat + cancel: `_Heartbeat` thread refreshes the lease, polls `cancel_requested` and
   flushes metric batches; `should_stop` reads an in-memory flag (checked every step);
 - a job's own error (TrainingError, bad data, bad spec) fails it with the reason, no retry;
-  anything else is infrastructure: re-queued up to `max_infra_retries`, then failed.
+  anything else is infrastructure: re-queued after an exponential backoff with jitter (the
+  worker holds the lease meanwhile), counted per cause in the status events, and failed once
+  the first such error is older than `infra_retry_budget_s`.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import random
 import signal
 import socket
 import threading
@@ -30,7 +33,8 @@ from typing import Any
 from celery import signals
 from sqlalchemy import delete, select
 
-from service.db.models import Checkpoint, Job, JobEvent
+from service.datasets.service import job_dataset_error
+from service.db.models import Checkpoint, Job, JobEvent, utcnow
 from service.db.session import get_engine, session_scope
 from service.events import append_event, append_metric_points, append_status_event
 from service.settings import Settings, get_settings
@@ -127,7 +131,13 @@ class JobRunner:
 
     # ------------------------------------------------------------------ lifecycle
     def run(self) -> str:
-        claimed = self._claim()
+        try:
+            claimed = self._claim()
+        except Exception:
+            # Nothing was written (the claim's transaction rolled back): the job is still
+            # queued, and the reaper re-sends it after `resend_queued_after_s`.
+            log.exception("job %s: could not be claimed; it stays queued", self.job_id)
+            return "claim_failed"
         if claimed is None:
             return "skipped"
         spec, resume = claimed
@@ -173,6 +183,17 @@ class JobRunner:
                     event={"error": "retries exhausted", "attempts": job.attempts - 1},
                 )
                 return None
+            refused = job_dataset_error(session, job)
+            if refused is not None:  # the owner must own the dataset the spec names, always
+                lease.release(
+                    session,
+                    job.id,
+                    self.worker_id,
+                    "failed",
+                    error=refused,
+                    event={"error": refused, "kind": "DataError"},
+                )
+                return None
             resume = self._pick_checkpoint(session)
             resume_step = resume[1] if resume else 0
             # The stored series must have no duplicates: the steps after the checkpoint re-run.
@@ -212,10 +233,13 @@ class JobRunner:
         for row in rows:
             path = Path(self.settings.storage_dir) / row.path
             try:
-                if path.is_file() and _sha256(path) == row.sha256:
+                if _sha256(path) == row.sha256:
                     return path, row.step
-            except OSError:
+            except (FileNotFoundError, IsADirectoryError):
                 pass
+            # Any other OSError (storage not mounted, a path component that is not a directory,
+            # EIO) means the storage is unavailable, not the checkpoint gone: it propagates, the
+            # claim rolls back, and the job stays queued with its rows for a later claim.
             log.warning(
                 "job %s: checkpoint %s (step %s) is missing or corrupt",
                 self.job_id,
@@ -326,27 +350,68 @@ class JobRunner:
                         event={"error": str(exc), "kind": type(exc).__name__},
                     )
                     return "failed"
-                log.exception(
-                    "job %s: infrastructure error (attempt %s)", self.job_id, current.attempts
-                )
+                cause = infra_cause(exc)
                 reason = f"{type(exc).__name__}: {exc}"
-                if current.attempts > s.max_infra_retries:
+                history = _infra_history(session, self.job_id)
+                counts = dict(history.counts)
+                counts[cause] = counts.get(cause, 0) + 1
+                first = history.first_at or utcnow()
+                elapsed = (utcnow() - first).total_seconds()
+                log.exception(
+                    "job %s: infrastructure error (%s; retry %d, %.0f s since the first)",
+                    self.job_id,
+                    cause,
+                    history.retries + 1,
+                    elapsed,
+                )
+                if elapsed > s.infra_retry_budget_s:
+                    error = (
+                        f"infrastructure errors for {elapsed:.0f} s, over "
+                        f"infra_retry_budget_s={s.infra_retry_budget_s:g} (retries by cause: "
+                        f"{counts}); last: {reason}"
+                    )
                     lease.release(
                         session,
                         self.job_id,
                         self.worker_id,
                         "failed",
-                        error=f"infrastructure error after {current.attempts} attempts: {reason}",
-                        event={"error": reason, "attempts": current.attempts},
+                        error=error,
+                        event={"error": reason, "cause": cause, "counts": counts},
                     )
                     return "failed"
-                lease.release(
+            delay = backoff_delay(history.retries, s)
+            # Wait here, holding the lease (the heartbeat thread keeps it fresh and still sees a
+            # cancel), so the retry comes after the backoff; then hand the job back uncounted:
+            # this bound is the time budget, not the worker-loss attempts.
+            self.stop.wait(delay)
+            with session_scope(self.url) as session:
+                if self.stop_reason == "cancel":
+                    lease.release(
+                        session,
+                        self.job_id,
+                        self.worker_id,
+                        "cancelled",
+                        event={"reason": "cancelled"},
+                    )
+                    return "cancelled"
+                job = lease.release(
                     session,
                     self.job_id,
                     self.worker_id,
                     "queued",
-                    event={"reason": "infrastructure error, retrying", "error": reason},
+                    attempts=Job.attempts - 1,
+                    event={
+                        "reason": INFRA_RETRY_REASON,
+                        "error": reason,
+                        "cause": cause,
+                        "retry": history.retries + 1,
+                        "counts": counts,
+                        "first_error_at": first.isoformat(),
+                        "backoff_s": round(delay, 3),
+                    },
                 )
+                if job is None:
+                    return "lease_lost"
         except Exception:
             # The database itself is unreachable: leave the lease to go stale; the reaper
             # re-queues (or fails) the job once the database answers again.
@@ -597,3 +662,59 @@ class _Heartbeat:
             except Exception:
                 log.debug("closing the poll connection failed", exc_info=True)
             self._conn = None
+
+
+# ----------------------------------------------------------------------------- infra retries
+INFRA_RETRY_REASON = "infrastructure error, retrying"
+
+
+def infra_cause(exc: BaseException) -> str:
+    """What failed, for counting retries: storage, database, device or other."""
+    from sqlalchemy.exc import DBAPIError, OperationalError
+
+    if isinstance(exc, (OperationalError, DBAPIError)):
+        return "database"
+    if isinstance(exc, OSError):
+        return "storage"
+    text = str(exc)
+    if "CUDA" in text or "cuda" in text or "device" in text.lower():
+        return "device"
+    return "other"
+
+
+def backoff_delay(retries: int, settings: Settings) -> float:
+    """Seconds before retry number `retries + 1`: exponential, capped, with full jitter in
+    [0.5, 1] of the step (several jobs hit by one outage do not retry in lockstep)."""
+    step = min(settings.infra_retry_max_delay_s, settings.infra_retry_base_s * 2.0**retries)
+    return step * random.uniform(0.5, 1.0)
+
+
+class _InfraHistory:
+    def __init__(self, retries: int, counts: dict[str, int], first_at):
+        self.retries, self.counts, self.first_at = retries, counts, first_at
+
+
+def _infra_history(session, job_id: str) -> _InfraHistory:
+    """The job's earlier infrastructure retries, from its status events (kept in the database,
+    so the count and the time budget survive re-queues and worker changes)."""
+    rows = session.execute(
+        select(JobEvent.data, JobEvent.time)
+        .where(JobEvent.job_id == job_id, JobEvent.kind == "status")
+        .order_by(JobEvent.id)
+    ).all()
+    retries, counts, first = 0, {}, None
+    for payload, created_at in rows:
+        if (payload or {}).get("reason") != INFRA_RETRY_REASON:
+            continue
+        retries += 1
+        cause = payload.get("cause", "other")
+        counts[cause] = counts.get(cause, 0) + 1
+        if first is None:
+            first = _aware(created_at)
+    return _InfraHistory(retries, counts, first)
+
+
+def _aware(value):
+    from datetime import UTC
+
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)

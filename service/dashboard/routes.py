@@ -8,6 +8,9 @@ the API token in localStorage and sends it as a bearer header, including on the 
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import re
 from functools import cache
 from pathlib import Path
 
@@ -36,6 +39,24 @@ def plotly_js_path() -> Path | None:
         return None
     path = Path(plotly.__file__).resolve().parent / "package_data" / "plotly.min.js"
     return path if path.is_file() else None
+
+
+# plotly.js injects a few stylesheets as <style> elements with literal text (e.g. its bundled
+# maplibre CSS). The strict CSP admits exactly those texts, by hash, read from the file served.
+_STYLE_LITERAL = re.compile(r'createElement\("style"\);[^;]{0,200}?textContent=\'([^\'\\]*)\'')
+
+
+@cache
+def plotly_style_hashes() -> tuple[str, ...]:
+    """CSP source expressions ('sha256-...') of the stylesheets plotly.min.js injects."""
+    path = plotly_js_path()
+    if path is None:
+        return ()
+    text = path.read_text(encoding="utf-8")
+    return tuple(
+        "'sha256-" + base64.b64encode(hashlib.sha256(m.group(1).encode()).digest()).decode() + "'"
+        for m in _STYLE_LITERAL.finditer(text)
+    )
 
 
 @router.get("/")

@@ -20,11 +20,10 @@ from sqlalchemy.orm import Session
 from service.datasets.validate import InvalidDataset, inspect_npz
 from service.db.models import Dataset, User, new_id
 from service.errors import NotFound, PayloadTooLarge, Unprocessable
+from service.security import NUL, NUL_MESSAGE
 from service.settings import Settings
 
 CHUNK = 1024 * 1024
-# An NPZ may be compressed: the arrays may take more memory than the upload; bound that too.
-DECOMPRESSION_FACTOR = 4
 
 
 def datasets_dir(settings: Settings) -> Path:
@@ -56,6 +55,8 @@ def create_dataset(
     name: str,
     kind: Literal["auto", "classification", "regression"] = "auto",
 ) -> Dataset:
+    if NUL in name:  # PostgreSQL's text columns cannot hold it
+        raise Unprocessable(f"the dataset name {NUL_MESSAGE}", loc=("body", "name"))
     root = datasets_dir(settings)
     tmp = root / f".upload-{uuid.uuid4().hex}.tmp"
     final: Path | None = None
@@ -67,9 +68,7 @@ def create_dataset(
         if size == 0:
             raise Unprocessable("the uploaded file is empty", loc=("body", "file"))
         try:
-            facts = inspect_npz(
-                tmp, kind=kind, max_array_bytes=DECOMPRESSION_FACTOR * settings.max_upload_bytes
-            )
+            facts = inspect_npz(tmp, kind=kind, max_array_bytes=settings.dataset_bytes_limit)
         except InvalidDataset as exc:
             raise Unprocessable(str(exc), loc=("body", "file")) from None
         dataset_id = new_id()
@@ -120,8 +119,16 @@ def dataset_facts(session: Session, user: User, dataset_id: str) -> dict[str, An
     Use as `validate_spec(data, datasets=lambda i: dataset_facts(session, user, i))`. Returns
     None when the user owns no dataset with that id (the spec is then refused with a 422).
     """
+    return owned_dataset_facts(session, user.id, dataset_id)
+
+
+def owned_dataset_facts(session: Session, owner_id: str, dataset_id: Any) -> dict[str, Any] | None:
+    """The facts of dataset `dataset_id` if `owner_id` owns it, else None: another user's
+    dataset and a missing one are the same to every caller."""
+    if not isinstance(dataset_id, str):
+        return None
     row = session.get(Dataset, dataset_id)
-    if row is None or row.owner_id != user.id:
+    if row is None or row.owner_id != owner_id:
         return None
     return {
         "seq_len": row.seq_len,
@@ -131,3 +138,18 @@ def dataset_facts(session: Session, user: User, dataset_id: str) -> dict[str, An
         "target": row.target,
         "num_sequences": row.num_sequences,
     }
+
+
+def job_dataset_error(session: Session, job: Any) -> str | None:
+    """Why a stored job may not read its dataset (None when it may, or uses no dataset).
+
+    A job's spec names a dataset id; the job's owner must own that dataset (checked again at
+    every use, not only at submit: samples, predict and the worker read the file)."""
+    spec = job.spec or {}
+    task = spec.get("task") or {}
+    if task.get("name") != "dataset":
+        return None
+    dataset_id = (task.get("params") or {}).get("dataset_id")
+    if owned_dataset_facts(session, job.owner_id, dataset_id) is None:
+        return f"no dataset with id {dataset_id!r}"
+    return None

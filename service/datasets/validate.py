@@ -1,8 +1,10 @@
 """Validation of an uploaded NPZ dataset, with numpy only (no torch, never unpickles).
 
 `inspect_npz(path, ...)` returns the dataset's facts or raises `InvalidDataset` whose message is
-the reason shown to the user. Array headers are read before any data, so an object (ragged) array
-or a member that would decompress to more than the limit is refused without loading it.
+the reason shown to the user. Array headers (and the zip directory's unpacked sizes, which must
+agree with them) are read before any data, so an object (ragged) array or a member that would
+decompress to more than the limit is refused without unpacking it; the data itself is then
+checked in blocks of `CHUNK_BYTES` as it is decompressed, never held whole in memory.
 """
 
 from __future__ import annotations
@@ -26,6 +28,9 @@ class InvalidDataset(ValueError):
     """The upload is not a usable dataset; the message says why."""
 
 
+CHUNK_BYTES = 4 * 1024 * 1024  # the data is checked in blocks of this size
+
+
 @dataclass(frozen=True)
 class DatasetFacts:
     num_sequences: int
@@ -40,53 +45,116 @@ def _shape(shape: tuple[int, ...]) -> str:
     return "[" + ", ".join(str(s) for s in shape) + "]"
 
 
-def _read_headers(path: Path, max_array_bytes: int) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+@dataclass(frozen=True)
+class _Member:
+    name: str  # the zip member
+    shape: tuple[int, ...]
+    dtype: np.dtype
+    fortran: bool
+    offset: int  # bytes of the .npy header before the data
+
+
+def _member_header(zf: zipfile.ZipFile, name: str, key: str) -> _Member:
     try:
-        zf = zipfile.ZipFile(path)
-    except (zipfile.BadZipFile, OSError) as exc:
+        with zf.open(name) as fh:
+            version = np.lib.format.read_magic(fh)
+            if version == (1, 0):
+                shape, fortran, dtype = np.lib.format.read_array_header_1_0(fh)
+            else:
+                shape, fortran, dtype = np.lib.format.read_array_header_2_0(fh)
+            offset = fh.tell()
+    except (ValueError, OSError, zipfile.BadZipFile, EOFError) as exc:
+        raise InvalidDataset(f"array {key!r} is not a valid .npy member: {exc}") from None
+    return _Member(name, tuple(shape), dtype, bool(fortran), offset)
+
+
+def array_member(zf: zipfile.ZipFile, key: str) -> _Member:
+    """The header of array `key` (`x` or `y`) of a stored NPZ."""
+    name = f"{key}.npy" if f"{key}.npy" in zf.namelist() else key
+    return _member_header(zf, name, key)
+
+
+def read_rows(zf: zipfile.ZipFile, key: str, rows: list[int]) -> np.ndarray:
+    """Rows `rows` (first-axis indices) of array `key`, read by seeking in the member: memory
+    for those rows only (a compressed member is decompressed up to the last row, in blocks)."""
+    m = array_member(zf, key)
+    row_shape = m.shape[1:]
+    row_bytes = int(np.prod(row_shape, dtype=np.int64)) * m.dtype.itemsize
+    out = np.empty((len(rows), *row_shape), dtype=m.dtype)
+    if m.fortran and len(m.shape) > 1:  # rows are not contiguous: read the array (rare)
+        with zf.open(m.name) as fh:
+            return np.lib.format.read_array(fh, allow_pickle=False)[rows]
+    with zf.open(m.name) as fh:
+        for pos, i in sorted(enumerate(rows), key=lambda t: t[1]):  # forward seeks only
+            fh.seek(m.offset + i * row_bytes)
+            block = fh.read(row_bytes)
+            if len(block) != row_bytes:
+                raise InvalidDataset(f"array {key!r} is shorter than its header says")
+            out[pos] = np.frombuffer(block, dtype=m.dtype).reshape(row_shape)
+    return out
+
+
+def _read_headers(zf: zipfile.ZipFile, max_array_bytes: int) -> dict[str, _Member]:
+    """The arrays' declared shapes, from the .npy headers and the zip directory only: nothing
+    beyond a header is decompressed, so a bomb is refused before it is unpacked."""
+    names = [n for n in zf.namelist() if not n.endswith("/")]
+    keys = [n[:-4] if n.endswith(".npy") else n for n in names]
+    missing = [k for k in REQUIRED_KEYS if k not in keys]
+    extra = sorted(k for k in keys if k not in REQUIRED_KEYS)
+    if missing or extra:
+        parts = []
+        if missing:
+            parts.append(f"missing {', '.join(repr(k) for k in missing)}")
+        if extra:
+            parts.append(f"unexpected {', '.join(repr(k) for k in extra)}")
         raise InvalidDataset(
-            "not an NPZ file (np.savez / np.savez_compressed writes a zip archive of .npy "
-            f"arrays): {exc}"
-        ) from None
-    headers: dict[str, tuple[tuple[int, ...], np.dtype]] = {}
-    with zf:
-        names = [n for n in zf.namelist() if not n.endswith("/")]
-        keys = [n[:-4] if n.endswith(".npy") else n for n in names]
-        missing = [k for k in REQUIRED_KEYS if k not in keys]
-        extra = sorted(k for k in keys if k not in REQUIRED_KEYS)
-        if missing or extra:
-            parts = []
-            if missing:
-                parts.append(f"missing {', '.join(repr(k) for k in missing)}")
-            if extra:
-                parts.append(f"unexpected {', '.join(repr(k) for k in extra)}")
+            f"the NPZ must hold exactly the arrays 'x' [N, T, F] and 'y' [N] or [N, T]; "
+            f"found {sorted(keys)} ({'; '.join(parts)})"
+        )
+    headers: dict[str, _Member] = {}
+    total = 0
+    for name, key in zip(names, keys, strict=True):
+        info = zf.getinfo(name)
+        member = _member_header(zf, name, key)
+        shape, dtype, offset = member.shape, member.dtype, member.offset
+        if dtype.hasobject:
             raise InvalidDataset(
-                f"the NPZ must hold exactly the arrays 'x' [N, T, F] and 'y' [N] or [N, T]; "
-                f"found {sorted(keys)} ({'; '.join(parts)})"
+                f"array {key!r} is an object array (ragged sequences or non-numeric values); "
+                "pad the sequences to one length T and save numeric arrays"
             )
-        for name, key in zip(names, keys, strict=True):
-            try:
-                with zf.open(name) as fh:
-                    version = np.lib.format.read_magic(fh)
-                    if version == (1, 0):
-                        shape, _fortran, dtype = np.lib.format.read_array_header_1_0(fh)
-                    else:
-                        shape, _fortran, dtype = np.lib.format.read_array_header_2_0(fh)
-            except (ValueError, OSError, zipfile.BadZipFile) as exc:
-                raise InvalidDataset(f"array {key!r} is not a valid .npy member: {exc}") from None
-            if dtype.hasobject:
-                raise InvalidDataset(
-                    f"array {key!r} is an object array (ragged sequences or non-numeric values); "
-                    "pad the sequences to one length T and save numeric arrays"
-                )
-            nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-            if nbytes > max_array_bytes:
-                raise InvalidDataset(
-                    f"array {key!r} {_shape(shape)} would take {nbytes} bytes in memory, over the "
-                    f"limit of {max_array_bytes} bytes"
-                )
-            headers[key] = (tuple(shape), dtype)
+        nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+        if nbytes < 0 or any(d < 0 for d in shape):
+            raise InvalidDataset(f"array {key!r} declares an impossible shape {_shape(shape)}")
+        total += nbytes
+        if nbytes > max_array_bytes or total > max_array_bytes:
+            raise InvalidDataset(
+                f"array {key!r} {_shape(shape)} would take {nbytes} bytes in memory "
+                f"({total} for the arrays so far), over the limit of {max_array_bytes} bytes "
+                "(settings.max_dataset_bytes)"
+            )
+        # The zip directory states the member's unpacked size: it must be exactly the header
+        # plus the data the header declares (zipfile never unpacks past the stated size).
+        if info.file_size != offset + nbytes:
+            raise InvalidDataset(
+                f"array {key!r}: the archive says the member unpacks to {info.file_size} bytes, "
+                f"its header declares {offset + nbytes} ({_shape(shape)} {dtype}); the file is "
+                "truncated or corrupt"
+            )
+        headers[key] = member
     return headers
+
+
+def _scan(zf: zipfile.ZipFile, member: _Member, chunk_bytes: int = CHUNK_BYTES):
+    """The member's values as flat chunks of at most `chunk_bytes`: the data is checked while it
+    is decompressed, never held whole in memory."""
+    itemsize = member.dtype.itemsize
+    step = max(itemsize, chunk_bytes - chunk_bytes % itemsize)
+    with zf.open(member.name) as fh:
+        fh.seek(member.offset)
+        while block := fh.read(step):
+            if len(block) % itemsize:
+                raise InvalidDataset(f"array {member.name!r} ends in the middle of a value")
+            yield np.frombuffer(block, dtype=member.dtype)
 
 
 def inspect_npz(
@@ -96,8 +164,21 @@ def inspect_npz(
     max_array_bytes: int,
 ) -> DatasetFacts:
     """Validate the NPZ at `path` and return its facts; raise InvalidDataset with the reason."""
-    headers = _read_headers(path, max_array_bytes)
-    (x_shape, x_dtype), (y_shape, y_dtype) = headers["x"], headers["y"]
+    try:
+        zf = zipfile.ZipFile(path)
+    except (zipfile.BadZipFile, OSError) as exc:
+        raise InvalidDataset(
+            "not an NPZ file (np.savez / np.savez_compressed writes a zip archive of .npy "
+            f"arrays): {exc}"
+        ) from None
+    with zf:
+        headers = _read_headers(zf, max_array_bytes)
+        return _check_arrays(zf, headers, kind)
+
+
+def _check_arrays(zf: zipfile.ZipFile, headers: dict[str, _Member], kind: str) -> DatasetFacts:
+    x_m, y_m = headers["x"], headers["y"]
+    (x_shape, x_dtype), (y_shape, y_dtype) = (x_m.shape, x_m.dtype), (y_m.shape, y_m.dtype)
     if x_dtype.kind != "f":
         raise InvalidDataset(f"x must be a float array; got dtype {x_dtype}")
     if len(x_shape) != 3:
@@ -132,20 +213,26 @@ def inspect_npz(
         )
 
     try:
-        with np.load(path, allow_pickle=False) as npz:
-            x = npz["x"]
-            y = npz["y"]
-    except (ValueError, OSError, zipfile.BadZipFile, EOFError) as exc:
+        bad = sum(int(c.size - np.count_nonzero(np.isfinite(c))) for c in _scan(zf, x_m))
+        if bad:
+            raise InvalidDataset(
+                f"x holds {bad} NaN or infinite values; every value must be finite"
+            )
+        lo = hi = None
+        bad = 0
+        for c in _scan(zf, y_m):
+            if c.dtype.kind == "f":
+                bad += int(c.size - np.count_nonzero(np.isfinite(c)))
+            if c.size:
+                lo = c.min() if lo is None else min(lo, c.min())
+                hi = c.max() if hi is None else max(hi, c.max())
+    except (OSError, zipfile.BadZipFile, EOFError) as exc:
         raise InvalidDataset(f"the NPZ could not be read: {exc}") from None
-    if not np.isfinite(x).all():
-        bad = int(np.size(x) - np.count_nonzero(np.isfinite(x)))
-        raise InvalidDataset(f"x holds {bad} NaN or infinite values; every value must be finite")
-    if y.dtype.kind == "f" and not np.isfinite(y).all():
-        bad = int(np.size(y) - np.count_nonzero(np.isfinite(y)))
+    if bad:
         raise InvalidDataset(f"y holds {bad} NaN or infinite values; every value must be finite")
 
     if kind == "classification":
-        lo, hi = int(y.min()), int(y.max())
+        lo, hi = int(lo), int(hi)
         if lo < 0:
             raise InvalidDataset(f"class labels in y must be >= 0; found {lo}")
         if hi + 1 > MAX_CLASSES:

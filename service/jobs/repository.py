@@ -4,12 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Any
 
 from sqlalchemy import and_, func, or_, select
 from sqlalchemy.orm import Session
 
-from service.db.models import Checkpoint, Dataset, Job, JobEvent
+from service.db.models import Checkpoint, Job, JobEvent
 
 
 def get_job(session: Session, job_id: str, *, for_update: bool = False) -> Job | None:
@@ -95,18 +94,3 @@ def get_checkpoint(session: Session, job_id: str, ref: str) -> Checkpoint | None
     else:
         stmt = stmt.where(Checkpoint.id == ref)
     return session.scalars(stmt.limit(1)).first()
-
-
-def get_dataset_facts(session: Session, owner_id: str, dataset_id: str) -> dict[str, Any] | None:
-    ds = session.scalars(
-        select(Dataset).where(Dataset.id == dataset_id, Dataset.owner_id == owner_id)
-    ).first()
-    if ds is None:
-        return None
-    return {
-        "seq_len": ds.seq_len,
-        "input_size": ds.input_size,
-        "output_size": ds.output_size,
-        "kind": ds.kind,
-        "target": ds.target,
-    }

@@ -28,6 +28,9 @@ from service.jobs.schemas import (
     event_payload,
 )
 
+# Event ids (`seq`) are PostgreSQL bigint: a larger `after` could only fail in the database.
+MAX_SEQ = 2**63 - 1
+
 router = APIRouter(prefix="/api/v1", tags=["jobs"])
 
 SPEC_EXAMPLE = {
@@ -127,7 +130,9 @@ def get_metrics(
     job_id: str,
     user: CurrentUser,
     session: SessionDep,
-    after: Annotated[int, Query(ge=0, description="return points with seq > after")] = 0,
+    after: Annotated[
+        int, Query(ge=0, le=MAX_SEQ, description="return points with seq > after")
+    ] = 0,
     limit: Annotated[int, Query(ge=1, le=10_000)] = 10_000,
 ) -> Any:
     """Learning-curve points in `seq` order; pass the last `seq` seen as `after` to read only
@@ -149,7 +154,7 @@ def job_events(
     session: SessionDep,
     factory: SessionFactoryDep,
     last_event_id: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
-    after: Annotated[int | None, Query(ge=0, description="like Last-Event-ID")] = None,
+    after: Annotated[int | None, Query(ge=0, le=MAX_SEQ, description="like Last-Event-ID")] = None,
 ) -> StreamingResponse:
     """Server-Sent Events: every status/metric/checkpoint event of the job, in order, each with
     `id:` = its seq. Reconnect with `Last-Event-ID` to resume with no gap or duplicate. Comment
@@ -175,9 +180,12 @@ def _parse_last_event_id(value: str | None) -> int:
     if value is None or not value.strip():
         return 0
     try:
-        return max(int(value.strip()), 0)
+        seq = int(value.strip())
     except ValueError as exc:
         raise BadRequest("Last-Event-ID must be an event id sent by this stream") from exc
+    if seq > MAX_SEQ:  # refused before the stream starts: the database's ids are bigint
+        raise BadRequest(f"Last-Event-ID {seq} is over the largest event id ({MAX_SEQ})")
+    return max(seq, 0)
 
 
 def _read_batch(factory: sessionmaker[Session], job_id: str, after: int) -> tuple[list, str | None]:

@@ -18,11 +18,13 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from celif_core.spec import JobSpec, estimate, validate_spec
+from service.datasets.service import owned_dataset_facts
 from service.db.models import TERMINAL_STATES, Checkpoint, Job, JobEvent, User
 from service.enqueue import try_enqueue_job
-from service.errors import BadRequest, Conflict, NotFound
+from service.errors import BadRequest, Conflict, NotFound, Unprocessable
 from service.events import append_status_event
 from service.jobs import repository as repo
+from service.security import NUL_MESSAGE, find_nul
 from service.settings import Settings
 
 MAX_PAGE = 200
@@ -43,13 +45,16 @@ def get_owned_job(session: Session, user: User, job_id: str, *, for_update: bool
 def validate_job_spec(session: Session, user: User, body: Any, settings: Settings) -> JobSpec:
     """Raises `SpecError` (-> 422 naming the field). Datasets resolve among the user's own.
     A body naming a `recipe` is that recipe's spec with the body's sections merged over it."""
+    where = find_nul(body)
+    if where is not None:  # the spec is stored as JSON, which PostgreSQL refuses with a NUL
+        raise Unprocessable(f"text in a job spec {NUL_MESSAGE}", loc=("body", *where))
     if isinstance(body, dict) and "recipe" in body:
         from celif_core.recipes import apply_recipe
 
         body = apply_recipe(body)
     return validate_spec(
         body,
-        datasets=lambda dataset_id: repo.get_dataset_facts(session, user.id, dataset_id),
+        datasets=lambda dataset_id: owned_dataset_facts(session, user.id, dataset_id),
         max_activation_bytes=settings.max_activation_bytes,
     )
 
@@ -151,7 +156,9 @@ def decode_cursor(cursor: str) -> tuple[datetime, str]:
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
         created_at, job_id = json.loads(raw)
-        return datetime.fromisoformat(created_at), str(job_id)
+        if not isinstance(job_id, str) or "\x00" in job_id:
+            raise ValueError("not a job id")
+        return datetime.fromisoformat(created_at), job_id
     except (ValueError, TypeError, binascii.Error) as exc:
         raise BadRequest("invalid cursor: pass back a `next_cursor` value unchanged") from exc
 
@@ -228,7 +235,7 @@ def resolve_checkpoint(
         from service.settings import get_settings
 
         storage_dir = get_settings().storage_dir
-    ckpt = repo.get_checkpoint(session, job.id, ref)
+    ckpt = None if "\x00" in ref else repo.get_checkpoint(session, job.id, ref)
     if ckpt is None and ref == "best":
         ckpt = repo.get_checkpoint(session, job.id, "latest")
     if ckpt is None:

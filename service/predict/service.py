@@ -18,6 +18,7 @@ import numpy as np
 from sqlalchemy.orm import Session
 
 from celif_core.spec import JobSpec, validate_spec
+from service.datasets.service import job_dataset_error
 from service.db.models import Checkpoint, Job, User
 from service.errors import NotFound, ServiceError, Unprocessable
 from service.jobs.service import get_owned_job, resolve_checkpoint
@@ -28,7 +29,6 @@ from service.settings import Settings
 FIXED_LENGTH_TASKS = ("seq_mnist", "ps_mnist", "copy_memory", "dataset")
 MAX_FREE_STEPS = 100_000
 STREAM_TTL_S = 600.0
-MAX_STREAMS = 64
 MAX_SAMPLES = 64
 
 
@@ -59,7 +59,11 @@ def get_runtime(state: Any, settings: Settings) -> Runtime:
 
                 runtime = Runtime(
                     cache=inference.ModelCache(settings.model_cache_size),
-                    streams=inference.StreamStore(ttl_s=STREAM_TTL_S, max_streams=MAX_STREAMS),
+                    streams=inference.StreamStore(
+                        ttl_s=STREAM_TTL_S,
+                        max_streams=settings.max_streams,
+                        max_per_user=settings.max_streams_per_user,
+                    ),
                 )
                 state.inference_runtime = runtime
     return runtime
@@ -111,11 +115,12 @@ def parse_inputs(
             f"inputs must be numbers, shape {want}; got values of type {arr.dtype.name!r} "
             "(strings, null or ragged nested lists)"
         )
+    got = list(arr.shape)  # not np.shape(raw): that would convert the nested lists again
     f = spec.input_size
     if arr.ndim == 2 and f == 1:
         arr = arr[:, :, None]
     if arr.ndim != 3 or arr.shape[2] != f or arr.shape[0] < 1 or arr.shape[1] < 1:
-        raise _refuse(f"inputs must have shape {want}; got {list(np.shape(raw))}")
+        raise _refuse(f"inputs must have shape {want}; got {got}")
     n, t = int(arr.shape[0]), int(arr.shape[1])
     if max_sequences is not None and n > max_sequences:
         raise _refuse(
@@ -142,7 +147,12 @@ def parse_inputs(
     return x
 
 
-def _spec_of(job: Job) -> JobSpec:
+def _spec_of(session: Session, job: Job) -> JobSpec:
+    """The job's stored spec, if its owner may still read the data it names (another user's
+    dataset is a 404 exactly like a missing one)."""
+    refused = job_dataset_error(session, job)
+    if refused is not None:
+        raise NotFound(refused)
     # The stored spec was validated at submission (with that day's limits); only re-read it.
     return validate_spec(job.spec, max_activation_bytes=2**62)
 
@@ -162,7 +172,7 @@ def _resolve(
     """The user's job, its spec, and the checkpoint ``ref`` names (row and file)."""
     job = get_owned_job(session, user, job_id)
     ckpt, path = resolve_checkpoint(session, job, ref, storage_dir=settings.storage_dir)
-    return job, _spec_of(job), ckpt, path
+    return job, _spec_of(session, job), ckpt, path
 
 
 # ----------------------------------------------------------------------------- predict
@@ -182,7 +192,7 @@ def predict(
 
     start = time.perf_counter()
     job = get_owned_job(session, user, job_id)
-    spec = _spec_of(job)
+    spec = _spec_of(session, job)
     # Validate before touching the checkpoint: a bad payload is a 422 even on a job without one.
     x = parse_inputs(inputs, spec, max_sequences=settings.max_predict_sequences)
     layers = 0 if spec.model.neuron == "lstm" else len(spec.model.hidden)
@@ -386,7 +396,7 @@ def job_samples(
     offset: int,
     settings: Settings,
 ) -> dict[str, Any]:
-    spec = _spec_of(get_owned_job(session, user, job_id))
+    spec = _spec_of(session, get_owned_job(session, user, job_id))
     return samples_for_spec(spec, split=split, n=n, offset=offset, settings=settings)
 
 

@@ -142,7 +142,9 @@ def test_released_lease_cannot_write(db, make_job):
 
 def test_infrastructure_error_is_retried_then_fails(db, make_job, tmp_path, monkeypatch):
     """An OSError (here: the checkpoint folder cannot be created) re-queues the job, after the
-    commit; past `max_infra_retries` re-queues the job fails with the reason."""
+    commit and after an exponential backoff with jitter, counted per cause in the status
+    events; once the first error is older than `infra_retry_budget_s` the job fails with the
+    reason and the counts. Retries give their claim back: `attempts` counts worker losses."""
     import service.enqueue
     from worker.tasks import JobRunner
 
@@ -158,21 +160,40 @@ def test_infrastructure_error_is_retried_then_fails(db, make_job, tmp_path, monk
         broker_url="redis://127.0.0.1:6379/0",
         data_dir=tmp_path,
         max_infra_retries=2,
+        infra_retry_base_s=0.01,
+        infra_retry_max_delay_s=0.08,
+        infra_retry_budget_s=0.6,
     )
     blocker = tmp_path / "storage" / "checkpoints" / job_id
     blocker.parent.mkdir(parents=True)
     blocker.write_text("not a folder")  # mkdir fails: an OSError, i.e. infrastructure
 
-    outcomes = [JobRunner(job_id, settings).run() for _ in range(3)]
-    assert outcomes == ["requeued", "requeued", "failed"]
-    assert sent == [job_id, job_id]
+    outcomes = []
+    while not outcomes or outcomes[-1] == "requeued":
+        outcomes.append(JobRunner(job_id, settings).run())
+        assert len(outcomes) < 100
+    assert outcomes[-1] == "failed" and len(outcomes) >= 4, outcomes
+    assert sent == [job_id] * (len(outcomes) - 1)
     with db.session() as s:
         job = s.get(Job, job_id)
-        assert job.status == "failed" and job.attempts == 3
-        assert "infrastructure error after 3 attempts" in job.error
+        assert job.status == "failed" and job.attempts == 1  # retries gave their claim back
+        assert "infra_retry_budget_s=0.6" in job.error and "'storage'" in job.error
         assert "FileExistsError" in job.error
-    assert _statuses(db, job_id) == [
-        "running", "queued", "running", "queued", "running", "failed",
-    ]  # fmt: skip
+        retries = [
+            e.data
+            for e in s.scalars(
+                select(JobEvent).where(JobEvent.job_id == job_id).order_by(JobEvent.id)
+            )
+            if (e.data or {}).get("reason") == "infrastructure error, retrying"
+        ]
+    assert [r["retry"] for r in retries] == list(range(1, len(retries) + 1))
+    assert [r["counts"]["storage"] for r in retries] == [r["retry"] for r in retries]
+    for r in retries:  # exponential, capped, jittered into [0.5, 1] of the step
+        step = min(0.08, 0.01 * 2 ** (r["retry"] - 1))
+        assert 0.5 * step <= r["backoff_s"] <= step + 1e-3, r
+    assert _statuses(db, job_id) == ["running", "queued"] * (len(outcomes) - 1) + [
+        "running",
+        "failed",
+    ]
     # A late duplicate message for the finished job is a no-op.
     assert JobRunner(job_id, settings).run() == "skipped"

@@ -1,0 +1,144 @@
+"""Lost broker messages: every queued job still runs, exactly once.
+
+Real Redis, PostgreSQL, API and `celif worker` processes. (1) The Redis keys of the queue are
+deleted while 3 jobs wait: the reaper re-sends them. (2) A private `redis-server` without
+persistence is restarted (the machine's shared Redis is never touched) while 3 jobs wait and a
+4th is submitted while it is down. Each job must succeed with attempts == 1 and one `running`
+event: a re-send never runs a job twice.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+import redis
+
+from tests.helpers import free_port, wait_for
+from tests.worker.conftest import REDIS_HOST, ApiProcess, Client, WorkerProcess, adding_spec
+
+REAPER_INTERVAL_S = 1.0  # the stack's CELIF_REAPER_INTERVAL_S
+RESEND_AFTER_S = 2 * REAPER_INTERVAL_S
+SPEC = adding_spec(max_steps=30, eval_every=15, checkpoint_every=15)
+
+
+def _runs(client: Client, job_id: str) -> int:
+    r = httpx.get(
+        f"{client.base}/jobs/{job_id}/events",
+        headers=client.headers,
+        timeout=30,
+    )
+    assert r.status_code == 200
+    return r.text.count('"status": "running"')
+
+
+def _all_run_once(client: Client, ids: list[str], timeout: float) -> list[float]:
+    """Wait for every job to succeed; assert each ran once. Returns the seconds each took."""
+    start = time.monotonic()
+    took = []
+    for job_id in ids:
+        job = client.wait_status(job_id, {"succeeded", "failed", "cancelled"}, timeout=timeout)
+        took.append(round(time.monotonic() - start, 1))
+        assert job["status"] == "succeeded", job
+        assert job["attempts"] == 1, job
+        assert _runs(client, job_id) == 1
+    return took
+
+
+def _worker(env: dict, log: Path) -> WorkerProcess:
+    return WorkerProcess({**env, "CELIF_RESEND_QUEUED_AFTER_S": str(RESEND_AFTER_S)}, log).start()
+
+
+def test_deleted_queue_keys_jobs_still_run_once(stack, api, token):
+    client = Client(stack, token)
+    r = redis.Redis.from_url(stack.env["CELIF_BROKER_URL"])
+    ids = [client.submit(SPEC)["id"] for _ in range(3)]
+    assert r.llen("celif") == 3
+    lost = [k for k in r.keys() if k != b"celif-test-lock"]
+    assert b"celif" in lost
+    r.delete(*lost)  # every key of the broker: the queue list and kombu's bookkeeping
+    worker = _worker(stack.env, stack.logs / "worker-keys-deleted.log")
+    try:
+        # One worker runs them one after the other: each within the re-send bound plus the
+        # runs before it (the bound is generous: the machine is shared; times are printed).
+        took = _all_run_once(client, ids, timeout=2 * REAPER_INTERVAL_S + RESEND_AFTER_S + 120)
+        print("seconds from worker ready to each job's success:", took)
+        assert "re-sent 3 queued job(s)" in worker.log_path.read_text()
+        assert "re-sent 2" not in worker.log_path.read_text()  # no needless duplicate
+        # The broker is healthy and empty: /metrics says 0, not -1.
+        text = httpx.get(f"{api.url}/metrics", timeout=10).text
+        assert "celif_queue_depth 0.0" in text, [
+            line for line in text.splitlines() if "queue_depth" in line
+        ]
+    finally:
+        worker.kill()
+
+
+class PrivateRedis:
+    """A redis-server of this test's own on a free loopback port, without persistence (a
+    restart loses every message, like a crashed Redis without AOF)."""
+
+    def __init__(self, workdir: Path):
+        self.port = free_port()
+        self.workdir = workdir
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> PrivateRedis:
+        self.proc = subprocess.Popen(
+            [
+                "redis-server",
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(self.workdir),
+            ],  # fmt: skip
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        wait_for(self._up, 20, f"redis-server on {self.port}", 0.05)
+        return self
+
+    def _up(self) -> bool:
+        try:
+            return redis.Redis(host="127.0.0.1", port=self.port).ping()
+        except redis.ConnectionError:
+            return False
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+@pytest.mark.skipif(shutil.which("redis-server") is None, reason="redis-server not installed")
+def test_redis_restart_jobs_still_run_once(stack, token, tmp_path):
+    private = PrivateRedis(tmp_path).start()
+    env = {**stack.env, "CELIF_BROKER_URL": f"redis://{REDIS_HOST}:{private.port}/0"}
+    api = ApiProcess(env, stack.logs / "api-private-redis.log").start()
+    client = Client(stack, token)
+    client.stack = type("S", (), {"api": api})()  # the client talks to this API
+    worker = None
+    try:
+        ids = [client.submit(SPEC)["id"] for _ in range(3)]
+        assert redis.Redis(port=private.port).llen("celif") == 3
+        private.stop()  # Redis dies and its messages with it
+        ids.append(client.submit(SPEC)["id"])  # accepted while the broker is down
+        private.start()  # same port, empty
+        worker = _worker(env, stack.logs / "worker-private-redis.log")
+        took = _all_run_once(client, ids, timeout=2 * REAPER_INTERVAL_S + RESEND_AFTER_S + 150)
+        print("seconds from worker ready to each job's success:", took)
+    finally:
+        if worker is not None:
+            worker.kill()
+        api.stop()
+        private.stop()
