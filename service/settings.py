@@ -14,6 +14,8 @@ from typing import Literal
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from celif_core.spec import SpecLimits
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="CELIF_", env_file=".env", extra="ignore")
@@ -42,7 +44,10 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(32 * 1024**2, ge=1024)
     max_upload_bytes: int = Field(256 * 1024**2, ge=1024)
     max_predict_sequences: int = Field(256, ge=1)
-    max_activation_bytes: int = Field(32 * 1024**3, ge=1)
+    # Job size limits (celif_core.spec.SpecLimits): a spec over one is a 422 naming the field.
+    max_activation_bytes: int = Field(32 * 1024**3, ge=1, description="one training/eval step")
+    max_parameters: int = Field(1_000_000_000, ge=1, description="network incl. the TE table")
+    max_eval_set_bytes: int = Field(8 * 1024**3, ge=1, description="one generated val/test set")
     model_cache_size: int = Field(8, ge=1)
     cors_origins: list[str] = Field(default_factory=list, description="CORS is off when empty")
 
@@ -79,6 +84,14 @@ class Settings(BaseSettings):
     def embedded(self) -> bool:
         """True when running without servers (SQLite + filesystem broker)."""
         return self.broker_url.startswith("filesystem")
+
+    @property
+    def spec_limits(self) -> SpecLimits:
+        return SpecLimits(
+            max_activation_bytes=self.max_activation_bytes,
+            max_parameters=self.max_parameters,
+            max_eval_set_bytes=self.max_eval_set_bytes,
+        )
 
     @property
     def broker_dir(self) -> Path:
