@@ -26,7 +26,7 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
 import celif_core
-from celif_core.spec import JobSpec, validate_spec
+from celif_core.spec import NO_LIMITS, JobSpec, validate_spec
 
 FORMAT_VERSION = 1
 METADATA_KEY = "celif"
@@ -173,7 +173,7 @@ def load_model(
     from celif_core.models import build_model
 
     data = read_checkpoint(path)
-    spec = validate_spec(data.metadata["spec"], max_activation_bytes=2**62)
+    spec = validate_spec(data.metadata["spec"], limits=NO_LIMITS)
     model = build_model(spec, backend=backend)
     model.load_state_dict(data.model)
     model.to(device)

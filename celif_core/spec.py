@@ -7,9 +7,10 @@ loading the training stack. `validate_spec` is the one entry point; it raises `S
 
 from __future__ import annotations
 
+import difflib
 import math
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 from pydantic import (
@@ -30,8 +31,10 @@ CE_TIMINGS = ("current", "previous")
 CeTiming = Literal["current", "previous"]
 
 # Above this estimated activation memory a spec is refused (the batch cannot fit); the service
-# passes its own limit from settings.
+# passes its own limits from settings (`SpecLimits`).
 DEFAULT_MAX_ACTIVATION_BYTES = 32 * 1024**3
+DEFAULT_MAX_PARAMETERS = 1_000_000_000  # 4 GB of float32 weights, ~16 GB with grads and Adam
+DEFAULT_MAX_EVAL_SET_BYTES = 8 * 1024**3  # a generated validation or test set held in memory
 MNIST_SEQ_LEN = 784
 MNIST_TRAIN_IMAGES = 60000
 DEFAULT_MAX_STEPS = 5000
@@ -385,18 +388,36 @@ def _fail(loc: list, msg: str, kind: str = "value_error") -> SpecError:
     return SpecError([{"loc": loc, "msg": msg, "type": kind}])
 
 
-def _errors(exc: ValidationError, prefix: tuple) -> list[dict[str, Any]]:
-    return [
-        {"loc": [*prefix, *err["loc"]], "msg": err["msg"], "type": err["type"]}
-        for err in exc.errors(include_url=False, include_context=False, include_input=False)
-    ]
+def _error(loc: list, msg: str, kind: str = "value_error") -> dict[str, Any]:
+    return {"loc": loc, "msg": msg, "type": kind}
 
 
-def _check(model: type[BaseModel], data: Any, prefix: tuple) -> BaseModel:
+def _did_you_mean(name: Any, candidates: list[str]) -> str:
+    close = difflib.get_close_matches(str(name), candidates, n=1, cutoff=0.6)
+    return (
+        f"; did you mean {close[0]!r}?" if close else f"; expected one of: {', '.join(candidates)}"
+    )
+
+
+def _errors(exc: ValidationError, prefix: tuple, model: type[BaseModel]) -> list[dict[str, Any]]:
+    out = []
+    for err in exc.errors(include_url=False, include_context=False, include_input=False):
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden" and len(err["loc"]) == 1:
+            name = err["loc"][0]
+            msg = f"unknown field {name!r}{_did_you_mean(name, list(model.model_fields))}"
+        out.append(_error([*prefix, *err["loc"]], msg, err["type"]))
+    return out
+
+
+def _collect(model: type[BaseModel], data: Any, prefix: tuple, errors: list[dict[str, Any]]) -> Any:
+    """`model` validated from `data`, or None with its errors appended to `errors`: every
+    section is checked, so one request reports all its mistakes at once."""
     try:
         return model.model_validate(data if data is not None else {})
     except ValidationError as exc:
-        raise SpecError(_errors(exc, prefix)) from None
+        errors.extend(_errors(exc, prefix, model))
+        return None
 
 
 class _RawTask(BaseModel):
@@ -416,25 +437,45 @@ class _RawModel(BaseModel):
 
 
 class _RawSpec(BaseModel):
+    """The top level only: each section is validated on its own (`_collect`)."""
+
     model_config = ConfigDict(extra="forbid")
     name: str | None = Field(None, max_length=200)
-    task: _RawTask
-    model: _RawModel = Field(default_factory=_RawModel)
-    training: dict[str, Any] = Field(default_factory=dict)
-    init_from: dict[str, Any] | None = None
+    task: Any
+    model: Any = None
+    training: Any = None
+    init_from: Any = None
     recipe: str | None = Field(None, max_length=200)
 
 
 DatasetResolver = Callable[[str], Mapping[str, Any] | None]
 
 
+@dataclass(frozen=True)
+class SpecLimits:
+    """What one worker can hold: a spec whose estimate (`estimate`) exceeds one is refused with
+    an error naming the field to lower, before anything is queued."""
+
+    max_activation_bytes: int = DEFAULT_MAX_ACTIVATION_BYTES  # one training or eval step
+    max_parameters: int = DEFAULT_MAX_PARAMETERS  # the network, TE table included
+    max_eval_set_bytes: int = DEFAULT_MAX_EVAL_SET_BYTES  # one generated val/test set
+
+
+# For a spec read back from a checkpoint: it was bounded when submitted.
+NO_LIMITS = SpecLimits(2**62, 2**62, 2**62)
+
+
 def validate_spec(
     data: Any,
     *,
     datasets: DatasetResolver | None = None,
-    max_activation_bytes: int = DEFAULT_MAX_ACTIVATION_BYTES,
+    limits: SpecLimits | None = None,
+    max_activation_bytes: int | None = None,
 ) -> JobSpec:
     """Validate a submitted spec and fill in every default.
+
+    `limits` bound the estimated size of the job (default `SpecLimits()`); a bare
+    `max_activation_bytes` overrides that one limit.
 
     `datasets(dataset_id)` returns the stored dataset's facts (seq_len, input_size, output_size,
     kind, target) or None when there is no such dataset (or it is not the submitter's); when given
@@ -443,36 +484,68 @@ def validate_spec(
     """
     if not isinstance(data, Mapping):
         raise _fail([], "spec must be a JSON object", "type_error")
-    raw = _check(_RawSpec, data, ())
-    for i, width in enumerate(raw.model.hidden):
-        if not 1 <= width <= 4096:
-            raise _fail(
-                ["model", "hidden", i], f"layer width must be between 1 and 4096, got {width}"
-            )
-
-    task_params = dict(raw.task.params)
-    if raw.task.name == "dataset":
-        task_params = _resolve_dataset(task_params, datasets)
-    params = _check(TASKS[raw.task.name].params, task_params, ("task", "params"))
-    neuron_params = _check(
-        NEURONS[raw.model.neuron].params, raw.model.neuron_params, ("model", "neuron_params")
-    )
-    _check_budget(raw.training)
-    training = _check(TrainingSpec, raw.training, ("training",))
-    init_from = None if raw.init_from is None else _check(InitFrom, raw.init_from, ("init_from",))
+    errors: list[dict[str, Any]] = []
+    top = _collect(_RawSpec, data, (), errors)
+    task = _collect(_RawTask, data.get("task"), ("task",), errors) if "task" in data else None
+    raw_model = _collect(_RawModel, data.get("model"), ("model",), errors)
+    raw_training = data.get("training")
+    budget_errors = _budget_errors(raw_training) if isinstance(raw_training, Mapping) else []
+    errors.extend(budget_errors)
+    training = None
+    if not budget_errors:
+        training = _collect(TrainingSpec, raw_training, ("training",), errors)
+    init_from = None
+    if data.get("init_from") is not None:
+        init_from = _collect(InitFrom, data.get("init_from"), ("init_from",), errors)
+    if raw_model is not None:
+        for i, width in enumerate(raw_model.hidden):
+            if not 1 <= width <= 4096:
+                errors.append(
+                    _error(
+                        ["model", "hidden", i],
+                        f"layer width must be between 1 and 4096, got {width}",
+                    )
+                )
+    params = None
+    if task is not None:
+        task_params = dict(task.params)
+        if task.name == "dataset":
+            try:
+                task_params = _resolve_dataset(task_params, datasets)
+            except SpecError as exc:
+                errors.extend(exc.errors)
+                task_params = None
+        if task_params is not None:
+            params = _collect(TASKS[task.name].params, task_params, ("task", "params"), errors)
+    neuron_params = None
+    if raw_model is not None:
+        neuron_params = _collect(
+            NEURONS[raw_model.neuron].params,
+            raw_model.neuron_params,
+            ("model", "neuron_params"),
+            errors,
+        )
+    if errors:
+        raise SpecError(errors)
     model = ModelSpec(
-        **raw.model.model_dump(exclude={"neuron_params"}), neuron_params=neuron_params
+        **raw_model.model_dump(exclude={"neuron_params"}), neuron_params=neuron_params
     )
     spec = JobSpec(
-        name=raw.name,
-        task=TaskSpec(name=raw.task.name, params=params),
+        name=top.name,
+        task=TaskSpec(name=task.name, params=params),
         model=model,
         training=training,
         init_from=init_from,
-        recipe=raw.recipe,
+        recipe=top.recipe,
     )
-    _check_epochs(spec)
-    _check_cross_fields(spec, max_activation_bytes)
+    limits = limits or SpecLimits()
+    if max_activation_bytes is not None:
+        limits = replace(limits, max_activation_bytes=max_activation_bytes)
+    errors = _epoch_errors(spec) + _cross_field_errors(spec)
+    if not errors:  # the estimate needs a step budget and a TE table that covers T
+        errors = _limit_errors(spec, limits)
+    if errors:
+        raise SpecError(errors)
     return spec
 
 
@@ -491,19 +564,20 @@ def continues_run(spec: JobSpec, source: JobSpec) -> bool:
     return spec.task == source.task and spec.model == source.model and ours == theirs
 
 
-def _check_budget(training: Mapping[str, Any]) -> None:
+def _budget_errors(training: Mapping[str, Any]) -> list[dict[str, Any]]:
     """Exactly one budget, named in the error (TrainingSpec's own check cannot name a field)."""
     steps, epochs = training.get("max_steps"), training.get("max_epochs")
     if epochs is not None and steps is not None:
-        raise _fail(["training", "max_epochs"], BUDGET_MSG)
+        return [_error(["training", "max_epochs"], BUDGET_MSG)]
     if "max_steps" in training and steps is None and epochs is None:
-        raise _fail(["training", "max_steps"], BUDGET_MSG, "missing")
+        return [_error(["training", "max_steps"], BUDGET_MSG, "missing")]
+    return []
 
 
-def _check_epochs(spec: JobSpec) -> None:
+def _epoch_errors(spec: JobSpec) -> list[dict[str, Any]]:
     """Epoch-based settings need a training split whose size the spec knows."""
     if spec.train_size is not None:
-        return
+        return []
     tr = spec.training
     why = (
         f"the {spec.task.name} task generates a fresh batch every step and has no finite "
@@ -511,13 +585,19 @@ def _check_epochs(spec: JobSpec) -> None:
         if spec.task.name in ("adding", "copy_memory")
         else "the size of an uploaded dataset's training split is not part of the spec"
     )
+    errors = []
     if tr.max_epochs is not None:
-        raise _fail(["training", "max_epochs"], f"{why}; give the budget as training.max_steps")
-    if tr.lr_schedule == "step":
-        raise _fail(
-            ["training", "lr_schedule"],
-            f"the step schedule counts epochs and {why}; use 'constant' or 'cosine'",
+        errors.append(
+            _error(["training", "max_epochs"], f"{why}; give the budget as training.max_steps")
         )
+    if tr.lr_schedule == "step":
+        errors.append(
+            _error(
+                ["training", "lr_schedule"],
+                f"the step schedule counts epochs and {why}; use 'constant' or 'cosine'",
+            )
+        )
+    return errors
 
 
 def _resolve_dataset(params: dict[str, Any], datasets: DatasetResolver | None) -> dict[str, Any]:
@@ -549,34 +629,106 @@ def _resolve_dataset(params: dict[str, Any], datasets: DatasetResolver | None) -
     return resolved
 
 
-def _check_cross_fields(spec: JobSpec, max_activation_bytes: int) -> None:
+def _cross_field_errors(spec: JobSpec) -> list[dict[str, Any]]:
+    errors = []
     if spec.model.neuron == "lstm" and spec.model.architecture != "feedforward":
-        raise _fail(
-            ["model", "architecture"],
-            "the LSTM baseline is recurrent by construction; leave architecture as 'feedforward'",
+        errors.append(
+            _error(
+                ["model", "architecture"],
+                "the LSTM baseline is recurrent by construction; leave architecture as "
+                "'feedforward'",
+            )
         )
     if spec.uses_te and spec.te_length < spec.seq_len:
-        raise _fail(
-            ["model", "te_length"],
-            f"the TE table has {spec.te_length} rows but the task's sequences have "
-            f"T={spec.seq_len} steps; te_length must be >= {spec.seq_len}",
+        errors.append(
+            _error(
+                ["model", "te_length"],
+                f"the TE table has {spec.te_length} rows but the task's sequences have "
+                f"T={spec.seq_len} steps; te_length must be >= {spec.seq_len}",
+            )
         )
     if spec.training.bptt_chunk is not None and spec.model.neuron == "lstm":
-        raise _fail(
-            ["training", "bptt_chunk"], "truncated BPTT is implemented for the spiking neurons only"
+        errors.append(
+            _error(
+                ["training", "bptt_chunk"],
+                "truncated BPTT is implemented for the spiking neurons only",
+            )
         )
+    return errors
+
+
+def _gib(n: float) -> str:
+    return f"{n / 2**30:.1f} GiB"
+
+
+def _limit_errors(spec: JobSpec, limits: SpecLimits) -> list[dict[str, Any]]:
+    """What no worker within `limits` can hold, each naming the field to lower."""
     est = estimate(spec)
-    if est["activation_bytes"] > max_activation_bytes:
-        raise _fail(
-            ["training", "batch_size"],
-            f"batch of {spec.training.batch_size} sequences of T={spec.seq_len} "
-            f"needs about {est['activation_bytes'] / 2**30:.1f} GiB of activations, over "
-            f"the limit of {max_activation_bytes / 2**30:.1f} GiB; lower batch_size or "
-            f"set training.memory='recompute'",
+    errors = []
+    if est["activation_bytes"] > limits.max_activation_bytes:
+        errors.append(
+            _error(
+                ["training", "batch_size"],
+                f"batch of {spec.training.batch_size} sequences of T={spec.seq_len} "
+                f"needs about {_gib(est['activation_bytes'])} of activations, over "
+                f"the limit of {_gib(limits.max_activation_bytes)}; lower batch_size or "
+                f"set training.memory='recompute'",
+            )
         )
+    if est["eval_activation_bytes"] > limits.max_activation_bytes:
+        errors.append(
+            _error(
+                ["training", "eval_batch_size"],
+                f"an evaluation batch of {spec.training.eval_batch_size} sequences of "
+                f"T={spec.seq_len} needs about {_gib(est['eval_activation_bytes'])}, over the "
+                f"limit of {_gib(limits.max_activation_bytes)}; lower eval_batch_size",
+            )
+        )
+    te = est["te_parameters"]
+    if te > limits.max_parameters:
+        errors.append(
+            _error(
+                ["model", "te_length"],
+                f"a TE table of {spec.te_length} rows x {te // spec.te_length} neurons is "
+                f"{te:,} parameters, over the limit of {limits.max_parameters:,}; te_length "
+                f"needs only be T={spec.seq_len}",
+            )
+        )
+    if est["parameters"] - te > limits.max_parameters:
+        errors.append(
+            _error(
+                ["model", "hidden"],
+                f"the network has {est['parameters'] - te:,} parameters besides the TE table, "
+                f"over the limit of {limits.max_parameters:,}; use fewer or narrower layers",
+            )
+        )
+    for split in ("val", "test"):
+        size = getattr(spec.task.params, f"{split}_size", None)
+        if size is None or spec.task.name in ("seq_mnist", "ps_mnist"):
+            continue  # MNIST's sets are the fixed files, bounded by them
+        nbytes = _eval_set_bytes(spec, size)
+        if nbytes > limits.max_eval_set_bytes:
+            errors.append(
+                _error(
+                    ["task", "params", f"{split}_size"],
+                    f"{size} {split} sequences of T={spec.seq_len} x {spec.input_size} inputs "
+                    f"take about {_gib(nbytes)} in memory, over the limit of "
+                    f"{_gib(limits.max_eval_set_bytes)}; lower {split}_size or the sequence "
+                    f"length",
+                )
+            )
+    return errors
 
 
 # ----------------------------------------------------------------------------- estimates
+def _te_parameters(spec: JobSpec) -> int:
+    """The TE table: te_length rows of the widest layer (shared) or of every layer."""
+    if not spec.uses_te:
+        return 0
+    hidden = spec.model.hidden
+    return spec.te_length * (max(hidden) if spec.model.te_shared else sum(hidden))
+
+
 def count_parameters(spec: JobSpec) -> int:
     """Trainable parameters of the network `build_model(spec)` builds (checked by a test)."""
     sizes = [spec.input_size, *spec.model.hidden]
@@ -590,10 +742,7 @@ def count_parameters(spec: JobSpec) -> int:
             total += n_out * n_out  # W_rec, no bias
         if spec.model.neuron == "plif":
             total += 1  # one learnable decay per layer
-    if spec.uses_te:
-        hidden = spec.model.hidden
-        width = max(hidden) if spec.model.te_shared else sum(hidden)
-        total += spec.te_length * width
+    total += _te_parameters(spec)
     total += spec.model.hidden[-1] * spec.output_size + spec.output_size
     return total
 
@@ -607,13 +756,24 @@ def estimate(spec: JobSpec) -> dict[str, int]:
     per_element = 1 if spec.training.memory == "recompute" else 4
     activation = 4 * per_element * chunk * batch * width
     activation += 4 * chunk * batch * (spec.input_size + spec.output_size)
+    # Evaluation keeps no graph: about the layer input and the membrane of each layer at once.
+    eval_batch = spec.training.eval_batch_size
+    eval_activation = 4 * 2 * steps * eval_batch * width
+    eval_activation += 4 * steps * eval_batch * (spec.input_size + spec.output_size)
     return {
         "parameters": count_parameters(spec),
+        "te_parameters": _te_parameters(spec),
         "activation_bytes": int(activation),
+        "eval_activation_bytes": int(eval_activation),
         "seq_len": steps,
         "total_steps": spec.total_steps,
         "train_size": spec.train_size,
     }
+
+
+def _eval_set_bytes(spec: JobSpec, size: int) -> int:
+    """A generated val/test set of `size` sequences: float32 inputs and per-step targets."""
+    return 4 * size * spec.seq_len * (spec.input_size + 1)
 
 
 # ----------------------------------------------------------------------------- catalogs

@@ -14,6 +14,8 @@ from typing import Literal
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from celif_core.spec import SpecLimits
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="CELIF_", env_file=".env", extra="ignore")
@@ -61,7 +63,10 @@ class Settings(BaseSettings):
     # Numbers in one predict / stream-chunk body, counted before the JSON is parsed: bounds the
     # memory parsing takes (~32 bytes per number as Python objects; 2**21 -> ~70 MB).
     max_predict_values: int = Field(2**21, ge=1)
-    max_activation_bytes: int = Field(32 * 1024**3, ge=1)
+    # Job size limits (celif_core.spec.SpecLimits): a spec over one is a 422 naming the field.
+    max_activation_bytes: int = Field(32 * 1024**3, ge=1, description="one training/eval step")
+    max_parameters: int = Field(1_000_000_000, ge=1, description="network incl. the TE table")
+    max_eval_set_bytes: int = Field(8 * 1024**3, ge=1, description="one generated val/test set")
     model_cache_size: int = Field(8, ge=1)
     # Open streaming-predict sessions per API process: in all, and per user (one user at the
     # cap gets 429 and nobody else does).
@@ -108,6 +113,14 @@ class Settings(BaseSettings):
         """The arrays of an uploaded NPZ may take this much memory once unpacked (compressed
         NPZ members can unpack to far more than the upload)."""
         return self.max_dataset_bytes or 4 * self.max_upload_bytes
+
+    @property
+    def spec_limits(self) -> SpecLimits:
+        return SpecLimits(
+            max_activation_bytes=self.max_activation_bytes,
+            max_parameters=self.max_parameters,
+            max_eval_set_bytes=self.max_eval_set_bytes,
+        )
 
     @property
     def broker_dir(self) -> Path:

@@ -1,8 +1,39 @@
-"""Suite-wide defaults: where MNIST lives (the shared data folder beside the checkout)."""
+"""Suite-wide setup: MNIST.
+
+The directory the caller gave in CELIF_MNIST_DIR (scripts/dev.sh: ../shared/data/mnist) is kept
+as `REAL_MNIST_DIR` for the tests that need the full set (`full_mnist_dir`); every other test,
+and every subprocess the suite starts, reads a small generated set in the same IDX format
+(`tests/mnist_fixture.py`), so the suite passes on a fresh clone without the data.
+"""
 
 import os
+import shutil
+import tempfile
 from pathlib import Path
+
+import pytest
+
+from tests.mnist_fixture import require_full_mnist, write_mnist_fixture
 
 REPO = Path(__file__).resolve().parents[1]
 
-os.environ.setdefault("CELIF_MNIST_DIR", str(REPO.parent / "shared" / "data" / "mnist"))
+REAL_MNIST_DIR = os.environ.get("CELIF_MNIST_DIR") or str(REPO.parent / "shared" / "data" / "mnist")
+SMALL_MNIST_DIR = Path(tempfile.mkdtemp(prefix="celif-test-mnist-"))
+write_mnist_fixture(SMALL_MNIST_DIR)
+os.environ["CELIF_MNIST_DIR"] = str(SMALL_MNIST_DIR)
+
+
+def pytest_unconfigure(config):
+    shutil.rmtree(SMALL_MNIST_DIR, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def mnist_dir() -> Path:
+    """The small generated MNIST-format set (always present)."""
+    return SMALL_MNIST_DIR
+
+
+@pytest.fixture(scope="session")
+def full_mnist_dir() -> Path:
+    """The real MNIST set; skipped when absent (failed under CELIF_REQUIRE_MNIST=1)."""
+    return require_full_mnist(REAL_MNIST_DIR)

@@ -11,7 +11,8 @@ Guarantees (DESIGN.md §6), and where they live:
   step are deleted in the claim's transaction, so the re-run steps are not stored twice;
 - heartbeat + cancel: `_Heartbeat` thread refreshes the lease, polls `cancel_requested` and
   flushes metric batches; `should_stop` reads an in-memory flag (checked every step);
-- a job's own error (TrainingError, bad data, bad spec) fails it with the reason, no retry;
+- a job's own error (TrainingError, bad data, bad spec, out of
+  memory) fails it with the reason, no retry;
   anything else is infrastructure: re-queued after an exponential backoff with jitter (the
   worker holds the lease meanwhile), counted per cause in the status events, and failed once
   the first such error is older than `infra_retry_budget_s`.
@@ -56,6 +57,19 @@ _shutdown_requested = threading.Event()
 @signals.worker_process_init.connect
 def _install_shutdown_handler(**_kwargs) -> None:
     signal.signal(SHUTDOWN_SIGNAL, lambda *_: _shutdown_requested.set())
+
+
+def job_error_message(exc: BaseException) -> str:
+    from celif_core.errors import is_out_of_memory
+
+    if is_out_of_memory(exc):
+        # torch's allocator message is long (a C++ frame); its first line has the size asked for.
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        return (
+            f"out of memory: {first}; the job needs more memory than this worker has "
+            f"(lower batch_size, eval_batch_size, hidden, te_length or the sequence length)"
+        )
+    return str(exc)
 
 
 def worker_identity() -> str:
@@ -263,7 +277,7 @@ class JobRunner:
             import torch
 
             torch.set_num_threads(self.settings.torch_threads)
-        spec = validate_spec(spec_dict, max_activation_bytes=self.settings.max_activation_bytes)
+        spec = validate_spec(spec_dict, limits=self.settings.spec_limits)
         checkpoint_dir = Path(self.settings.storage_dir) / "checkpoints" / self.job_id
         checkpoint_dir.mkdir(parents=True, exist_ok=True)
         trainer = Trainer(
@@ -325,10 +339,11 @@ class JobRunner:
         return status
 
     def _on_error(self, exc: Exception) -> str:
-        from celif_core.errors import DataError, TrainingError
+        from celif_core.errors import DataError, TrainingError, is_out_of_memory
         from celif_core.spec import SpecError
 
-        job_error = isinstance(exc, (TrainingError, DataError, SpecError))
+        # Out of memory is the job's own error: a retry would ask for the same memory again.
+        job_error = isinstance(exc, (TrainingError, DataError, SpecError)) or is_out_of_memory(exc)
         s = self.settings
         try:
             self._flush(final=True)
@@ -346,7 +361,7 @@ class JobRunner:
                         self.job_id,
                         self.worker_id,
                         "failed",
-                        error=str(exc),
+                        error=job_error_message(exc),
                         event={"error": str(exc), "kind": type(exc).__name__},
                     )
                     return "failed"

@@ -140,7 +140,12 @@ class MnistTask(Task):
     ):
         self.name = name
         data = load_mnist(mnist_dir, download=download)
-        order = torch.randperm(60000, generator=derived_generator(seed, "split")).numpy()
+        n_train = int(data["train_images"].shape[0])  # 60000 for MNIST; fewer in a test set
+        if val_size >= n_train:
+            raise DataError(
+                f"val_size={val_size} leaves no training images: the MNIST files have {n_train}"
+            )
+        order = torch.randperm(n_train, generator=derived_generator(seed, "split")).numpy()
         val_idx, train_idx = order[:val_size], order[val_size:]
         if train_subset is not None:
             train_idx = train_idx[:train_subset]

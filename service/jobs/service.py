@@ -55,7 +55,7 @@ def validate_job_spec(session: Session, user: User, body: Any, settings: Setting
     return validate_spec(
         body,
         datasets=lambda dataset_id: owned_dataset_facts(session, user.id, dataset_id),
-        max_activation_bytes=settings.max_activation_bytes,
+        limits=settings.spec_limits,
     )
 
 

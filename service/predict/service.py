@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 from sqlalchemy.orm import Session
 
-from celif_core.spec import JobSpec, validate_spec
+from celif_core.spec import NO_LIMITS, JobSpec, SpecError, validate_spec
 from service.datasets.service import job_dataset_error
 from service.db.models import Checkpoint, Job, User
 from service.errors import NotFound, ServiceError, Unprocessable
@@ -154,7 +154,7 @@ def _spec_of(session: Session, job: Job) -> JobSpec:
     if refused is not None:
         raise NotFound(refused)
     # The stored spec was validated at submission (with that day's limits); only re-read it.
-    return validate_spec(job.spec, max_activation_bytes=2**62)
+    return validate_spec(job.spec, limits=NO_LIMITS)
 
 
 def _checkpoint_ref(ckpt: Checkpoint) -> dict[str, Any]:
@@ -361,6 +361,14 @@ def samples_for_spec(
 ) -> dict[str, Any]:
     from service import inference
 
+    # A job stored before the resource limits (or under larger ones) may have sets no API
+    # process should generate: refuse by the same rule as a submission.
+    try:
+        validate_spec(spec.to_dict(), limits=settings.spec_limits)
+    except SpecError as exc:
+        raise Unprocessable.from_errors(
+            [{**e, "loc": ["spec", *e["loc"]]} for e in exc.errors]
+        ) from None
     try:
         x, targets = inference.task_samples(
             spec,

@@ -2,24 +2,10 @@
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import pytest
 import torch
 
 from celif_core.spec import validate_spec
-
-DEFAULT_MNIST_DIR = Path("/work/shared/data/mnist")
-
-
-@pytest.fixture(scope="session")
-def mnist_dir() -> Path:
-    """The MNIST IDX directory: $CELIF_MNIST_DIR, else the shared data folder. Skips if absent."""
-    path = Path(os.environ.get("CELIF_MNIST_DIR") or DEFAULT_MNIST_DIR)
-    if not (path / "train-images-idx3-ubyte.gz").is_file():
-        pytest.skip(f"MNIST files not found in {path} (set CELIF_MNIST_DIR)")
-    return path
 
 
 @pytest.fixture(autouse=True)

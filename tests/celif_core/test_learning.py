@@ -89,7 +89,7 @@ def test_copy_memory_delay_50(tmp_path):
     assert result.metrics["test_accuracy"] > 0.2
 
 
-def test_seq_mnist_subset(tmp_path, mnist_dir):
+def test_seq_mnist_subset(tmp_path, full_mnist_dir):
     torch.manual_seed(0)
     spec = {
         "task": {"name": "seq_mnist", "params": {"train_subset": 3000, "val_size": 1000}},
@@ -97,7 +97,7 @@ def test_seq_mnist_subset(tmp_path, mnist_dir):
         "training": {"max_steps": 40, "batch_size": 64, "eval_batch_size": 1000, "lr": 5e-3,
                      "eval_every": 20, "checkpoint_every": 40, "seed": 0},
     }  # fmt: skip
-    result, curve, seconds = train(spec, tmp_path, mnist_dir=mnist_dir)
+    result, curve, seconds = train(spec, tmp_path, mnist_dir=full_mnist_dir)
     print(
         f"\nseq-MNIST (3k train subset, 40 steps of 64): val accuracy {curve.series('val', 'accuracy')}"
     )

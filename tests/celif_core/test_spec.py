@@ -7,7 +7,7 @@ import math
 import pytest
 
 from celif_core.models import build_model
-from celif_core.spec import SpecError, estimate, validate_spec
+from celif_core.spec import SpecError, SpecLimits, estimate, validate_spec
 
 
 def test_defaults_filled_and_derived_facts():
@@ -98,3 +98,76 @@ def test_estimate():
     assert est["parameters"] == 83_562 and est["seq_len"] == 784
     assert est["activation_bytes"] > 0
     assert math.isfinite(est["activation_bytes"])
+
+
+def test_every_mistake_is_reported_at_once_with_did_you_mean():
+    with pytest.raises(SpecError) as err:
+        validate_spec(
+            {
+                "task": {"name": "adding", "params": {"seq_len": 20, "val_sise": 50}},
+                "model": {"hiden": [16]},
+                "training": {"batch_size": -1},
+                "trainig": {},
+            }
+        )
+    by_loc = {tuple(e["loc"]): e["msg"] for e in err.value.errors}
+    assert set(by_loc) == {
+        ("trainig",),
+        ("task", "params", "val_sise"),
+        ("model", "hiden"),
+        ("training", "batch_size"),
+    }
+    assert "did you mean 'hidden'?" in by_loc[("model", "hiden")]
+    assert "did you mean 'training'?" in by_loc[("trainig",)]
+    assert "did you mean 'val_size'?" in by_loc[("task", "params", "val_sise")]
+    with pytest.raises(SpecError) as err:
+        validate_spec({"task": {"name": "adding"}, "model": {"zzz": 1}})
+    assert "expected one of: neuron, architecture, hidden" in err.value.errors[0]["msg"]
+
+
+# a network and batches small enough that only the eval-set size is over its limit
+SMALL_STEP = {"model": {"hidden": [16]}, "training": {"batch_size": 1, "eval_batch_size": 1}}
+
+
+@pytest.mark.parametrize(
+    ("data", "loc"),
+    [
+        (
+            {"task": {"name": "adding"}, "model": {"hidden": [4096], "te_length": 10**9}},
+            ["model", "te_length"],
+        ),
+        (
+            {
+                "task": {"name": "adding", "params": {"seq_len": 100_000, "test_size": 100_000}},
+                **SMALL_STEP,
+            },
+            ["task", "params", "test_size"],
+        ),
+        (
+            {
+                "task": {"name": "copy_memory", "params": {"delay": 99_980, "val_size": 100_000}},
+                **SMALL_STEP,
+            },
+            ["task", "params", "val_size"],
+        ),
+    ],
+)
+def test_resource_limits_name_the_field(data, loc):
+    with pytest.raises(SpecError) as err:
+        validate_spec(data)
+    assert [e["loc"] for e in err.value.errors] == [loc]
+    assert "over the limit" in err.value.errors[0]["msg"]
+    # the same spec passes when the deployment's limits allow it
+    validate_spec(data, limits=SpecLimits(2**62, 2**62, 2**62))
+
+
+def test_limits_are_configurable():
+    celif = {"task": {"name": "adding", "params": {"seq_len": 20}}, "model": {"hidden": [16]}}
+    est = estimate(validate_spec(celif))
+    assert est["te_parameters"] == 20 * 16 and est["eval_activation_bytes"] > 0
+    data = {"task": {"name": "adding", "params": {"seq_len": 20}}, "model": {"neuron": "lif"}}
+    est = estimate(validate_spec(data))
+    assert est["te_parameters"] == 0
+    with pytest.raises(SpecError) as err:
+        validate_spec(data, limits=SpecLimits(max_parameters=est["parameters"] - 1))
+    assert err.value.errors[0]["loc"] == ["model", "hidden"]

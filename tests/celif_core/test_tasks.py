@@ -77,8 +77,8 @@ def test_copy_memory_generator_and_baseline():
     assert (task.primary_metric, task.mode) == ("loss", "min")
 
 
-def test_mnist_splits(mnist_dir):
-    task = MnistTask("seq_mnist", mnist_dir, val_size=1000, train_subset=3000, seed=0)
+def test_mnist_splits(full_mnist_dir):
+    task = MnistTask("seq_mnist", full_mnist_dir, val_size=1000, train_subset=3000, seed=0)
     assert task.train_size == 3000
     x, y = task.train_batch(step=0, batch_size=32, seed=0)
     assert x.shape == (32, 784, 1) and y.shape == (32,) and y.dtype == torch.int64

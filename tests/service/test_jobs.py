@@ -71,6 +71,41 @@ def test_submit_returns_job_with_defaults_and_enqueues(client, db, redis_db):
             ),
             ["body", "training", "batch_size"],
         ),
+        # resource limits (settings.spec_limits): what no worker could allocate
+        (
+            small_spec(model={"hidden": [4096], "te_length": 1_000_000_000}),
+            ["body", "model", "te_length"],
+        ),
+        (
+            small_spec(
+                task={
+                    "name": "adding",
+                    "params": {"seq_len": 100_000, "val_size": 100_000, "test_size": 10},
+                }
+            ),
+            ["body", "task", "params", "val_size"],
+        ),
+        (
+            small_spec(
+                task={
+                    "name": "adding",
+                    "params": {"seq_len": 100_000, "val_size": 10, "test_size": 100_000},
+                }
+            ),
+            ["body", "task", "params", "test_size"],
+        ),
+        (
+            small_spec(
+                task={"name": "adding", "params": {"seq_len": 100_000}},
+                model={"hidden": [4096, 4096]},
+                training={"batch_size": 1, "eval_batch_size": 8192},
+            ),
+            ["body", "training", "eval_batch_size"],
+        ),
+        (
+            small_spec(model={"neuron": "lstm", "hidden": [4096] * 8}),
+            ["body", "model", "hidden"],
+        ),
         (
             small_spec(model={"neuron_params": {"alpha": 2}}),
             ["body", "model", "neuron_params", "alpha"],
@@ -290,3 +325,16 @@ def test_cancel_running_job_requests_stop(client, db):
     assert r.json()["status"] == "running"
     assert r.json()["cancel_requested"] is True
     assert r.json()["started_at"] is not None
+
+
+def test_every_mistake_is_reported_at_once(client, db):
+    spec = small_spec(model={"hiden": [16]}, training={"batch_size": 0})
+    r = client.post("/api/v1/jobs", json=spec)
+    assert r.status_code == 422, r.text
+    detail = r.json()["detail"]
+    assert [e["loc"] for e in detail] == [
+        ["body", "model", "hiden"],
+        ["body", "training", "batch_size"],
+    ]
+    assert "did you mean 'hidden'?" in detail[0]["msg"]
+    assert job_count(db) == 0

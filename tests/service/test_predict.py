@@ -293,3 +293,21 @@ def test_dashboard_static_files(anon):
         assert anon.get(f"/static/dashboard/{name}").status_code == 200
     for bad in ("../routes.py", "..%2Froutes.py", "nope.js", "index.py"):
         assert anon.get(f"/static/dashboard/{bad}").status_code == 404, bad
+
+
+def test_samples_of_a_job_over_the_limits_is_422_not_500(pclient, db, psettings, tmp_path):
+    # A job stored before the resource limits existed: 100k test sequences of T=100k (40 GB).
+    from celif_core.spec import NO_LIMITS, validate_spec
+    from tests.service.predict_helpers import Trained
+
+    params = {"seq_len": 100_000, "val_size": 10, "test_size": 100_000}
+    spec = validate_spec(
+        {"task": {"name": "adding", "params": params}, "model": {"hidden": [16]}},
+        limits=NO_LIMITS,
+    ).to_dict()
+    job_id = make_job(
+        db, psettings.storage_dir, Trained(spec, tmp_path / "none", 0), with_checkpoint=False
+    )
+    r = pclient.get(f"/api/v1/jobs/{job_id}/samples", params={"n": 1})
+    assert r.status_code == 422, r.text
+    assert r.json()["detail"][0]["loc"] == ["spec", "task", "params", "test_size"]
