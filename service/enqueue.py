@@ -7,6 +7,7 @@ import base64
 import json
 import logging
 import threading
+import time
 from pathlib import Path
 
 from service.settings import Settings
@@ -62,11 +63,18 @@ def queue_depth(settings: Settings | None = None) -> int:
         return int(ok.message_count)
 
 
-def job_ids_in_broker(settings: Settings | None = None) -> set[str]:
+def job_ids_in_broker(
+    settings: Settings | None = None, *, delivered_within_s: float | None = None
+) -> set[str]:
     """Ids of the jobs whose `celif.run_job` message the broker holds: waiting in the queue, or
     delivered to a worker and not yet acknowledged (Redis keeps those in its `unacked` hash;
     with late acks a running job's message stays there until the job ends). The reaper re-sends
     queued jobs that are in neither. Raises when the broker cannot be reached.
+
+    With `delivered_within_s`, a delivered message counts only if it was delivered that
+    recently: a queued job whose message a worker took long ago without claiming the job was
+    taken by a worker that died (Redis gives such messages back only after the 12 h visibility
+    timeout).
 
     The filesystem broker has no unacked store: a message a worker has taken but not yet
     claimed is in no file for that moment (a re-send then is a duplicate the claim ignores)."""
@@ -80,7 +88,12 @@ def job_ids_in_broker(settings: Settings | None = None) -> set[str]:
             client = channel.client
             for pri in channel.priority_steps:
                 raw.extend(client.lrange(channel._q_for_pri(queue, pri), 0, -1))
-            for held in client.hvals(channel.unacked_key):
+            now = time.time()
+            delivered = dict(client.zrange(channel.unacked_index_key, 0, -1, withscores=True))
+            for tag, held in client.hgetall(channel.unacked_key).items():
+                age = now - delivered.get(tag, now)
+                if delivered_within_s is not None and age > delivered_within_s:
+                    continue
                 try:
                     raw.append(json.dumps(json.loads(held)[0]))
                 except (ValueError, TypeError, IndexError):

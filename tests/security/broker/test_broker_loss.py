@@ -9,6 +9,7 @@ event: a re-send never runs a job twice.
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import time
@@ -142,3 +143,39 @@ def test_redis_restart_jobs_still_run_once(stack, token, tmp_path):
             worker.kill()
         api.stop()
         private.stop()
+
+
+def test_message_taken_by_a_dead_worker_is_resent(stack, api, token):
+    """A message delivered to a worker that died before claiming the job sits in Redis's
+    `unacked` hash until the 12 h visibility timeout: once older than the re-send bound it no
+    longer counts as held, and the reaper re-sends the job (a fresh delivery still counts)."""
+    from service.settings import Settings
+    from worker.reaper import reap_once
+
+    client = Client(stack, token)
+    r = redis.Redis.from_url(stack.env["CELIF_BROKER_URL"])
+    job = client.submit(SPEC)["id"]
+    message = r.rpop("celif")  # what a worker's BRPOP takes ...
+    from service.enqueue import _job_id_of
+
+    assert message is not None and _job_id_of(message) == job
+    settings = Settings(
+        _env_file=None,
+        database_url=stack.env["CELIF_DATABASE_URL"],
+        broker_url=stack.env["CELIF_BROKER_URL"],
+        data_dir=stack.data_dir,
+        resend_queued_after_s=RESEND_AFTER_S,
+    )
+    for age, resent in ((0.0, False), (10 * RESEND_AFTER_S, True)):
+        time.sleep(RESEND_AFTER_S + 0.5)  # the job has been queued past the bound
+        # ... and kombu's delivery bookkeeping, as the worker writes it on delivery.
+        r.hset("unacked", "tag-1", json.dumps([json.loads(message), "", "celif"]))
+        r.zadd("unacked_index", {"tag-1": time.time() - age})
+        sent: list[str] = []
+        reap_once(settings, enqueue=sent.append)
+        assert (sent == [job]) is resent, (age, sent)
+    r.delete("unacked", "unacked_index")
+    with stack.session() as s:
+        from service.db.models import Job
+
+        s.get(Job, job).status = "cancelled"  # leave nothing queued for the other tests
