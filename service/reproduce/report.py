@@ -270,9 +270,12 @@ def render_markdown(
         out.append("")
         if table in table_plots:
             out += [f"![{table}: validation curves]({table_plots[table]})", ""]
-        links = [f"[`{r.recipe}`]({job_plots[r.recipe]})" for r in trs if r.recipe in job_plots]
-        if links:
-            out += ["Curves per job: " + ", ".join(links), ""]
+        for r in trs:  # which job each row is, and its own curves
+            item = f"- `{r.recipe}`: " + (f"job `{r.job_id}`" if r.job_id else "no job")
+            if r.recipe in job_plots:
+                item += f", [curves]({job_plots[r.recipe]})"
+            out.append(item)
+        out.append("")
     return "\n".join(out).rstrip() + "\n"
 
 

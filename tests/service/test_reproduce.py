@@ -278,7 +278,11 @@ def test_row_and_markdown():
         "`celif reproduce --recipes paper/seq_mnist-83k --out d`",
     ]  # fmt: skip
     assert "![Seq-MNIST / PS-MNIST (paper Table 2): validation curves](curves/table-x.png)" in md
-    assert "[`paper/seq_mnist-83k`](curves/paper_seq_mnist-83k.png)" in md
+    assert (
+        f"- `paper/seq_mnist-83k`: job `{JOB['id']}`, [curves](curves/paper_seq_mnist-83k.png)"
+        in md
+    )
+    assert "- `demo/x`: no job" in md
     assert "| `demo/x` | - | - |" in md and "not submitted" in md
     # every table row has the header's 11 cells (a '|' inside a cell is escaped)
     for ln in md.splitlines():
