@@ -382,6 +382,7 @@ def _add_reproduce(sub) -> None:
     )
     p.add_argument(
         "--url",
+        type=_http_url,
         default=os.environ.get("CELIF_URL", "http://127.0.0.1:8000"),
         help="the service (default: $CELIF_URL or http://127.0.0.1:8000)",
     )
@@ -449,6 +450,12 @@ def _add_reproduce(sub) -> None:
         help="stop following after S seconds (the jobs keep running; exit status 3)",
     )
     p.set_defaults(func=cmd_reproduce)
+
+
+def _http_url(value: str) -> str:
+    if not value.startswith(("http://", "https://")) or len(value.split("://", 1)[1]) == 0:
+        raise argparse.ArgumentTypeError(f"expected http(s)://host:port, got {value!r}")
+    return value.rstrip("/")
 
 
 def _positive_float(value: str) -> float:

@@ -293,6 +293,21 @@ def series(points: list[dict[str, Any]], split: str, name: str) -> tuple[list[in
     return xs, ys
 
 
+def smooth(ys: list[float], points: int = 200) -> list[float]:
+    """Trailing mean over len/points values: a loss logged every step of a long run reads as a
+    band otherwise. Short series are returned as they are."""
+    window = max(1, len(ys) // points)
+    if window == 1:
+        return list(ys)
+    out, total = [], 0.0
+    for i, y in enumerate(ys):
+        total += y
+        if i >= window:
+            total -= ys[i - window]
+        out.append(total / min(i + 1, window))
+    return out
+
+
 def plot_table(title: str, jobs: list[tuple[str, str, list[dict[str, Any]]]]) -> bytes:
     """Overlaid curves of one table: validation `metric` and training loss by step, one line
     per recipe. jobs: (recipe, metric base name, points)."""
@@ -310,10 +325,10 @@ def plot_table(title: str, jobs: list[tuple[str, str, list[dict[str, Any]]]]) ->
             ax_val.plot(xs, [y * scale for y in ys], marker=".", label=recipe)
         xs, ys = series(points, "train", "loss")
         if xs:
-            ax_loss.plot(xs, ys, linewidth=0.8, label=recipe)
+            ax_loss.plot(xs, smooth(ys), linewidth=0.8, label=recipe)
     bases = sorted({b for _, b, _ in jobs})
     ax_val.set_title("validation " + "/".join(bases) + (" (%)" if any(map(_is_accuracy, bases)) else ""))  # fmt: skip
-    ax_loss.set_title("training loss")
+    ax_loss.set_title("training loss (running mean)")
     for ax in (ax_val, ax_loss):
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)

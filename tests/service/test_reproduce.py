@@ -290,6 +290,14 @@ def test_row_and_markdown():
             assert len(ln.replace("\\|", "").strip("|").split(" | ")) == 11, ln
 
 
+def test_smooth():
+    assert report.smooth([3.0, 1.0]) == [3.0, 1.0]
+    ys = [float(i % 2) for i in range(1000)]  # window 5
+    out = report.smooth(ys)
+    assert len(out) == 1000 and out[:2] == [0.0, 0.5]
+    assert all(abs(v - 0.5) <= 0.1 for v in out[10:])
+
+
 def test_plot_table_is_a_png():
     points = [
         {"split": "val", "name": "accuracy", "step": s, "value": v}
@@ -325,6 +333,8 @@ def test_cli_bad_args_name_the_flag(tmp_path):
     assert r.returncode == 2 and "--token" in r.stderr
     r = celif("--token", "t", "--override", "bogus", "--out", str(tmp_path))
     assert r.returncode == 2 and "--override" in r.stderr
+    r = celif("--token", "t", "--url", "localhost:8000")
+    assert r.returncode == 2 and "--url" in r.stderr
     r = celif("--token", "t", "--poll", "0")
     assert r.returncode == 2 and "--poll" in r.stderr
     r = celif("--token", "t", "--no-follow", "--wait")
