@@ -25,6 +25,7 @@ from service.reproduce import plan, report
 from service.reproduce.api import ApiError, Client, file_sha256
 
 CHECKPOINTS_DIR = "checkpoints"
+RECONNECT_S = 300.0  # how long following waits out an unreachable service
 SNAPSHOT_KEYS = (
     "id", "name", "status", "progress", "latest_metrics", "best_metrics", "spec", "error",
     "created_at", "started_at", "finished_at",
@@ -243,19 +244,31 @@ def follow(client: Client, entries: list[Entry], opts: Options, stream: TextIO) 
     bars = None if opts.quiet_wait or not stream.isatty() else _Bars(active, stream)
     last: dict[str, tuple] = {}
     deadline = None if opts.timeout_s is None else time.monotonic() + opts.timeout_s
+    unreachable_since = None
     try:
         while True:
-            for e in active:
-                if e.job["status"] in plan.FINISHED:
-                    continue
-                job = client.job(e.job["id"])
-                if job is None:
-                    raise ApiError(f"job {e.job['id']} of {e.name} disappeared from the service")
-                e.job = job
-                if bars:
-                    bars.update(e)
-                else:
-                    _line(e, last, stream)
+            try:
+                for e in active:
+                    if e.job["status"] in plan.FINISHED:
+                        continue
+                    job = client.job(e.job["id"])
+                    if job is None:
+                        raise ApiError(f"job {e.job['id']} of {e.name} disappeared from the service", 404)  # fmt: skip
+                    e.job = job
+                    if bars:
+                        bars.update(e)
+                    else:
+                        _line(e, last, stream)
+                unreachable_since = None
+            except ApiError as exc:
+                # A service restart during an hours-long run is not the end of following it.
+                if exc.status is not None and exc.status < 500:
+                    raise
+                if unreachable_since is None:
+                    unreachable_since = time.monotonic()
+                    _say(stream, f"{exc}; retrying for up to {RECONNECT_S:.0f} s")
+                elif time.monotonic() - unreachable_since > RECONNECT_S:
+                    raise
             if all(e.job["status"] in plan.FINISHED for e in active):
                 return 0
             if deadline is not None and time.monotonic() > deadline:
