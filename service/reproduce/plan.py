@@ -185,6 +185,24 @@ def _quote(text: str) -> str:
     )
 
 
+def override_mismatches(job_spec: dict[str, Any], overrides: dict[str, Any]) -> list[str]:
+    """The overridden fields whose value in an existing job's spec differs ("training.max_steps
+    is 30, asked 40"): a rerun with other overrides finds the old job by name and must say so
+    instead of reporting it as if it were the asked-for run."""
+    out: list[str] = []
+
+    def walk(spec: Any, over: dict[str, Any], prefix: str) -> None:
+        for key, want in over.items():
+            have = spec.get(key) if isinstance(spec, dict) else None
+            if isinstance(want, dict) and isinstance(have, dict):
+                walk(have, want, f"{prefix}{key}.")
+            elif have != want:
+                out.append(f"{prefix}{key} is {json.dumps(have)}, asked {json.dumps(want)}")
+
+    walk(job_spec, overrides, "")
+    return out
+
+
 # ----------------------------------------------------------------------------- budget
 def budget(training: dict[str, Any]) -> tuple[str, float] | None:
     """("max_epochs", 3) or ("max_steps", 1200) of a training section, or None."""

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import sys
 import time
 from dataclasses import dataclass, field
@@ -183,8 +184,10 @@ def _decide(client, state, opts, out, e: Entry, named_jobs, overrides) -> plan.A
         resubmit_failed=opts.resubmit_failed,
         cont=opts.cont,
     )
-    if rs and current is not None and action.kind in ("follow", "report") and rs.overrides != opts.overrides and opts.recipes:  # fmt: skip
-        note = f"job submitted with overrides {rs.overrides or 'none'}, not {opts.overrides or 'none'}; --continue trains on with the new ones"  # fmt: skip
+    differs = plan.override_mismatches(current.get("spec") or {}, overrides) if current else []
+    if differs and action.kind in ("follow", "report"):
+        more = not opts.cont and plan.needs_more_budget(current.get("spec") or {}, wanted)
+        note = f"existing job: {', '.join(differs)}" + (" (--continue trains on)" if more else "")
         return plan.Action(action.kind, action.job, "; ".join(filter(None, [action.reason, note])))
     return action
 
@@ -306,6 +309,9 @@ class _Bars:
         from tqdm import tqdm
 
         width = max(len(e.name) for e in entries)
+        # The terminal's size, with a fallback: a terminal that reports 0 x 0 (a bare pty)
+        # would make tqdm draw nothing.
+        size = shutil.get_terminal_size((100, 24))
         self.bars = {
             e.name: tqdm(
                 total=int((e.job.get("progress") or {}).get("max_steps") or 1),
@@ -313,9 +319,10 @@ class _Bars:
                 position=i,
                 file=stream,
                 unit="step",
-                dynamic_ncols=True,
+                ncols=size.columns,
+                nrows=size.lines,
                 leave=True,
-            )  # fmt: skip
+            )
             for i, e in enumerate(entries)
         }
 

@@ -201,6 +201,17 @@ def test_decide():
     assert _decide(None, known_elsewhere=True, saved_checkpoint=True, cont=True) == "upload"
 
 
+def test_override_mismatches():
+    spec = {"training": {"max_steps": 30, "lr": 0.005}, "model": {"neuron_params": {"rho": 0.99}}}
+    assert plan.override_mismatches(spec, plan.overrides_body(["training.lr=0.005"])) == []
+    assert plan.override_mismatches(
+        spec, plan.overrides_body(["training.max_steps=40", "model.neuron_params.rho=0.98"])
+    ) == [
+        "training.max_steps is 30, asked 40",
+        "model.neuron_params.rho is 0.99, asked 0.98",
+    ]  # max_epochs: null matches a spec without it
+
+
 def test_needs_more_budget():
     assert plan.needs_more_budget({"training": {"max_steps": 5}}, {"training": {"max_steps": 6}})
     assert not plan.needs_more_budget({"training": {"max_steps": 6}}, {"training": {"max_steps": 6}})  # fmt: skip
