@@ -131,6 +131,8 @@ def fmt_budget(job: dict[str, Any], points: list[dict[str, Any]] | None = None) 
     progress = job.get("progress") or {}
     step, max_steps = int(progress.get("step") or 0), int(progress.get("max_steps") or 0)
     text = f"{step}/{max_steps} steps"
+    if progress.get("max_epochs") and progress.get("epoch") is not None:  # the service's own
+        return f"{text} ({float(progress['epoch']):.1f}/{progress['max_epochs']} epochs)"
     training = (job.get("spec") or {}).get("training") or {}
     if training.get("max_epochs") and max_steps:
         return f"{text} ({step * float(training['max_epochs']) / max_steps:.1f}/{training['max_epochs']} epochs)"  # fmt: skip

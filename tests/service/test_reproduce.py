@@ -260,6 +260,8 @@ def test_row_and_markdown():
     assert row.diff_paper == "-1.07 pp" and row.diff_neuroseqbench == "-0.64 pp"
     assert row.budget == "690/690 steps (3.0/3 epochs)"
     assert row.wall == "1h 02m" and row.status == "succeeded"
+    progress = {"step": 230, "max_steps": 690, "fraction": 0.333, "epoch": 0.999, "max_epochs": 3}
+    assert report.fmt_budget({**JOB, "progress": progress}) == "230/690 steps (1.0/3 epochs)"
     mse_recipe = {"name": "paper/adding-100", "table": "Adding", "reference": {"paper": {"metric": "test_mse", "value": 0.01}, "neuroseqbench": None}}  # fmt: skip
     failed = {
         **JOB, "id": "f" * 32, "status": "failed", "error": "diverged | loss nan\nat step 3",
