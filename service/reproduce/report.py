@@ -41,16 +41,20 @@ def reference_metric(recipe: dict[str, Any]) -> str | None:
     return None
 
 
+def _loss_last(key: str) -> tuple[bool, str]:
+    return key.endswith("_loss"), key
+
+
 def our_figure(job: dict[str, Any], metric: str | None) -> Figure:
     """The job's final test figure for `metric`, else its best validation figure (named).
 
     `metric` is the recipe reference's metric name ("test_accuracy"); without one, the job's
-    first test metric, else its best checkpoint's first validation metric."""
+    test metric (the task's own before the loss), else its best validation one."""
     latest = job.get("latest_metrics") or {}
     best = job.get("best_metrics") or {}
-    if metric is None:
-        tests = sorted(k for k in latest if k.startswith("test_"))
-        vals = sorted(k for k in best if k.startswith("val_"))
+    if metric is None:  # the task's own metric (accuracy, mse) before the loss
+        tests = sorted((k for k in latest if k.startswith("test_")), key=_loss_last)
+        vals = sorted((k for k in best if k.startswith("val_")), key=_loss_last)
         metric = tests[0] if tests else (vals[0] if vals else None)
         if metric is None:
             return Figure("-", None, "no metrics yet")

@@ -247,8 +247,10 @@ def test_our_figure_prefers_test_then_best_val():
     running = {**JOB, "status": "running", "latest_metrics": {"val_accuracy": 0.9}}
     fig = report.our_figure(running, "test_accuracy")
     assert (fig.metric, fig.value, fig.note) == ("val_accuracy", 0.955, "best val, step 600")
-    fig = report.our_figure({"latest_metrics": {"test_mse": 0.02}, "best_metrics": {}}, None)
-    assert (fig.metric, fig.value) == ("test_mse", 0.02)
+    no_ref = {"latest_metrics": {"test_loss": 0.02, "test_mse": 0.02}, "best_metrics": {}}
+    assert report.our_figure(no_ref, None).metric == "test_mse"
+    running = {"latest_metrics": {}, "best_metrics": {"val_loss": 0.5, "val_accuracy": 0.8}}
+    assert report.our_figure(running, None).metric == "val_accuracy"
     assert report.our_figure({"latest_metrics": {}, "best_metrics": {}}, None).value is None
 
 
