@@ -35,6 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = {
     "gemm": "GEMM-only bound (neuron = identity)",
     "celif-fused": "CE-LIF, fused kernel (ours)",
+    "celif-fused-previous": "CE-LIF, fused kernel, ce_timing=previous (ours)",
     "celif-fused-recompute": "CE-LIF, fused kernel, scan memory=recompute (ours)",
     "celif-layer-recompute": "CE-LIF, fused kernel, training.memory=recompute (ours)",
     "celif-reference": "CE-LIF, reference per-step loop (ours)",
@@ -92,6 +93,8 @@ def build(kind: str, T: int, hidden: tuple[int, ...] = HIDDEN):
             if kind.startswith("celif"):
                 backend = "reference" if kind == "celif-reference" else "fused"
                 memory = "recompute" if kind == "celif-fused-recompute" else "save"
+                if kind == "celif-fused-previous":  # neuroseqbench's reading
+                    p["ce_timing"] = "previous"
                 te = self.te[:, :n]
                 return neuron_scan(
                     cur, neuron="celif", params=p, te=te, backend=backend, memory=memory

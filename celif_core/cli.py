@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from celif_core.errors import DataError, TrainingError
-from celif_core.spec import CE_MODES, SpecError, validate_spec
+from celif_core.spec import CE_MODES, CE_TIMINGS, SpecError, validate_spec
 
 TASKS = ("seq_mnist", "ps_mnist", "adding", "copy_memory", "dataset")
 NEURONS = ("lif", "alif", "plif", "celif", "lstm")
@@ -54,6 +54,12 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--theta0", type=float)
     m.add_argument("--beta", type=float, help="alif: threshold adaptation strength")
     m.add_argument("--surrogate-width", type=float)
+    m.add_argument(
+        "--ce-timing",
+        choices=CE_TIMINGS,
+        help="celif: membrane driving the threshold memory, U[t] or the pre-reset U[t-1]",
+    )
+    m.add_argument("--te-init-mean", type=float)
     m.add_argument("--te-init-std", type=float)
     m.add_argument(
         "--te-per-layer", action="store_true", help="one TE table per layer (te_shared=false)"
@@ -61,12 +67,15 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--te-length", type=int)
     tr = p.add_argument_group("training")
     tr.add_argument("--max-steps", type=int)
+    tr.add_argument("--max-epochs", type=int, help="budget in epochs instead of --max-steps")
     tr.add_argument("--batch-size", type=int)
     tr.add_argument("--eval-batch-size", type=int)
     tr.add_argument("--lr", type=float)
     tr.add_argument("--optimizer", choices=("adam", "adamw", "sgd"))
     tr.add_argument("--weight-decay", type=float)
-    tr.add_argument("--lr-schedule", choices=("constant", "cosine"))
+    tr.add_argument("--lr-schedule", choices=("constant", "cosine", "step"))
+    tr.add_argument("--lr-step-epochs", type=int, help="step schedule: epochs per step")
+    tr.add_argument("--lr-gamma", type=float, help="step schedule: factor per step")
     tr.add_argument("--grad-clip", type=float, help="max gradient norm (0 = off)")
     tr.add_argument("--seed", type=int)
     tr.add_argument("--eval-every", type=int)
@@ -126,17 +135,23 @@ def spec_from_args(args: argparse.Namespace) -> dict[str, Any]:
     if args.te_per_layer:
         model["te_shared"] = False
     np_ = model.setdefault("neuron_params", {})
-    for flag in ("ce_mode", "alpha", "rho", "theta0", "beta", "surrogate_width", "te_init_std"):
+    for flag in (
+        "ce_mode", "ce_timing", "alpha", "rho", "theta0", "beta", "surrogate_width",
+        "te_init_mean", "te_init_std",
+    ):  # fmt: skip
         if getattr(args, flag) is not None:
             np_[flag] = getattr(args, flag)
     training = spec.setdefault("training", {})
     for flag in (
-        "max_steps", "batch_size", "eval_batch_size", "lr", "optimizer", "weight_decay",
-        "lr_schedule", "seed", "eval_every", "checkpoint_every", "device", "backend", "memory",
+        "max_steps", "max_epochs", "batch_size", "eval_batch_size", "lr", "optimizer",
+        "weight_decay", "lr_schedule", "lr_step_epochs", "lr_gamma", "seed", "eval_every", "checkpoint_every", "device", "backend", "memory",
         "bptt_chunk",
     ):  # fmt: skip
         if getattr(args, flag) is not None:
             training[flag] = getattr(args, flag)
+    for budget, other in (("max_steps", "max_epochs"), ("max_epochs", "max_steps")):
+        if getattr(args, budget) is not None and getattr(args, other) is None:
+            training.pop(other, None)  # a flag's budget replaces a resumed spec's other one
     if args.grad_clip is not None:
         training["grad_clip"] = args.grad_clip if args.grad_clip > 0 else None
     return spec
@@ -201,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
 
     tune_allocator()  # a training process: reuse large blocks (docs/kernels.md, large tensors and the allocator)
     mnist_dir = args.mnist_dir or os.environ.get("CELIF_MNIST_DIR")
-    progress = _Progress(spec.training.max_steps, enabled=not args.no_progress)
+    progress = _Progress(spec.total_steps, enabled=not args.no_progress)
     trainer = Trainer(
         spec,
         checkpoint_dir=args.out,

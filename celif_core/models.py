@@ -114,12 +114,15 @@ class CelifNetwork(nn.Module):
                 )
             self._params = self._neuron_params()
             if self.uses_te:
-                std = np_.te_init_std
+                mean, std = np_.te_init_mean, np_.te_init_std  # TE ~ N(mean, std^2)
                 if m.te_shared:
-                    self.te = nn.Parameter(torch.randn(self.te_length, max(self.hidden)) * std)
+                    self.te = nn.Parameter(
+                        torch.randn(self.te_length, max(self.hidden)) * std + mean
+                    )
                 else:
                     self.te_tables = nn.ParameterList(
-                        nn.Parameter(torch.randn(self.te_length, n) * std) for n in self.hidden
+                        nn.Parameter(torch.randn(self.te_length, n) * std + mean)
+                        for n in self.hidden
                     )
         self.readout = nn.Linear(self.hidden[-1], self.output_size)
 
@@ -138,6 +141,7 @@ class CelifNetwork(nn.Module):
             out["beta"] = p.beta
         if self.neuron == "celif":
             out["ce_mode"] = p.ce_mode
+            out["ce_timing"] = p.ce_timing
         return out
 
     def _layer_params(self, layer: int) -> dict[str, Any]:

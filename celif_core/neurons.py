@@ -16,6 +16,7 @@ from torch import nn
 
 from celif_core.functional import CE_MODES, NeuronState, ScanResult, neuron_scan
 from celif_core.functional.reference import TE_MODES
+from celif_core.spec import CE_TIMINGS
 
 
 class _Neuron(nn.Module):
@@ -197,9 +198,12 @@ class PLIF(_Neuron):
 class CELIF(_Neuron):
     """CE-LIF (paper Eq. 4): eta[t] = rho * eta[t-1] + CE[t], theta = theta0 + eta.
 
+    ``ce_timing`` chooses the membrane of the membrane ce_modes: ``"current"`` U[t],
+    ``"previous"`` the previous step's pre-reset U[t-1] (see ``functional.reference``).
+
     The temporal-encoding table ``te`` [>=T, N] is normally owned by the network (one table
     shared across layers) and passed to ``forward``. With ``te_steps`` the module owns its own
-    learnable table ``te`` [te_steps, size], initialised N(0, te_init_std^2).
+    learnable table ``te`` [te_steps, size], initialised N(te_init_mean, te_init_std^2).
     """
 
     neuron = "celif"
@@ -213,8 +217,10 @@ class CELIF(_Neuron):
         theta0: float = 0.3,
         surrogate_width: float = 0.5,
         ce_mode: str = "membrane_te",
+        ce_timing: str = "current",
         detach_reset: bool = False,
         te_steps: int | None = None,
+        te_init_mean: float = 0.0,
         te_init_std: float = 0.1,
         backend: str = "auto",
         memory: str = "save",
@@ -230,16 +236,19 @@ class CELIF(_Neuron):
         if ce_mode not in CE_MODES:
             raise ValueError(f"ce_mode must be one of {list(CE_MODES)}, got {ce_mode!r}")
         self.ce_mode = ce_mode
+        if ce_timing not in CE_TIMINGS:
+            raise ValueError(f"ce_timing must be one of {list(CE_TIMINGS)}, got {ce_timing!r}")
+        self.ce_timing = ce_timing
         self._fixed_buffers(alpha=alpha, rho=rho)
         if te_steps is not None:
             if size is None or not isinstance(te_steps, int) or te_steps <= 0:
                 raise ValueError("te_steps must be a positive int, and needs size")
-            self.te = nn.Parameter(torch.randn(te_steps, size) * te_init_std)
+            self.te = nn.Parameter(torch.randn(te_steps, size) * te_init_std + te_init_mean)
         else:
             self.te = None
 
     def _params(self) -> dict:
-        return {**super()._params(), "ce_mode": self.ce_mode}
+        return {**super()._params(), "ce_mode": self.ce_mode, "ce_timing": self.ce_timing}
 
     def forward(
         self,
@@ -253,7 +262,7 @@ class CELIF(_Neuron):
         return super().forward(current, te=te, state=state, traces=traces)
 
     def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, ce_mode={self.ce_mode!r}"
+        return f"{super().extra_repr()}, ce_mode={self.ce_mode!r}, ce_timing={self.ce_timing!r}"
 
 
 NEURON_MODULES: dict[str, type[_Neuron]] = {"lif": LIF, "alif": ALIF, "plif": PLIF, "celif": CELIF}

@@ -7,21 +7,34 @@ loading the training stack. `validate_spec` is the one entry point; it raises `S
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializeAsAny,
+    ValidationError,
+    model_validator,
+)
 
 TaskName = Literal["seq_mnist", "ps_mnist", "adding", "copy_memory", "dataset"]
 NeuronName = Literal["lif", "alif", "plif", "celif", "lstm"]
 CE_MODES = ("none", "spike", "membrane", "te", "spike_te", "membrane_te")
 CeMode = Literal["none", "spike", "membrane", "te", "spike_te", "membrane_te"]
+# which membrane drives CE-LIF's threshold memory: U[t] or the previous step's pre-reset U[t-1]
+CE_TIMINGS = ("current", "previous")
+CeTiming = Literal["current", "previous"]
 
 # Above this estimated activation memory a spec is refused (the batch cannot fit); the service
 # passes its own limit from settings.
 DEFAULT_MAX_ACTIVATION_BYTES = 32 * 1024**3
 MNIST_SEQ_LEN = 784
+MNIST_TRAIN_IMAGES = 60000
+DEFAULT_MAX_STEPS = 5000
 
 
 class _Strict(BaseModel):
@@ -135,6 +148,17 @@ TASKS: dict[str, TaskInfo] = {
 }
 
 
+def train_split_size(task: TaskSpec) -> int | None:
+    """Examples in the task's training split, known from the spec alone; None for the synthetic
+    tasks (a fresh batch every step, no finite split) and for uploaded datasets (their size is
+    not part of the spec)."""
+    if task.name not in ("seq_mnist", "ps_mnist"):
+        return None
+    p = task.params
+    n = MNIST_TRAIN_IMAGES - p.val_size
+    return n if p.train_subset is None else min(n, p.train_subset)
+
+
 # ----------------------------------------------------------------------------- neuron params
 class _SpikingParams(_Strict):
     alpha: float = Field(0.5, gt=0, le=1, description="membrane decay")
@@ -159,7 +183,14 @@ class PlifParams(_SpikingParams):
 class CelifParams(_SpikingParams):
     rho: float = Field(0.99, ge=0, lt=1, description="decay of the contextual threshold memory")
     ce_mode: CeMode = Field("membrane_te", description="contextual embedding variant (ablation)")
-    te_init_std: float = Field(0.1, ge=0, le=10, description="std of the N(0, s^2) TE init")
+    ce_timing: CeTiming = Field(
+        "current",
+        description="membrane driving the threshold memory in the membrane ce_modes: this "
+        "step's U[t] ('current') or the previous step's pre-reset U[t-1] ('previous', "
+        "neuroseqbench's reading)",
+    )
+    te_init_mean: float = Field(0.0, ge=-10, le=10, description="mean of the N(m, s^2) TE init")
+    te_init_std: float = Field(0.1, ge=0, le=10, description="std of the N(m, s^2) TE init")
 
 
 class LstmParams(_Strict):
@@ -208,13 +239,28 @@ class ModelSpec(_Strict):
 
 
 class TrainingSpec(_Strict):
-    max_steps: int = Field(5000, ge=1, le=10_000_000)
+    # The budget: exactly one of max_steps / max_epochs. Neither given means max_steps=5000.
+    max_steps: int | None = Field(
+        DEFAULT_MAX_STEPS, ge=1, le=10_000_000, description="budget in optimizer steps"
+    )
+    max_epochs: int | None = Field(
+        None,
+        ge=1,
+        le=10_000,
+        description="budget in passes over the training split (instead of max_steps; "
+        "tasks with a finite split only: seq_mnist, ps_mnist)",
+    )
     batch_size: int = Field(256, ge=1, le=8192)
     eval_batch_size: int = Field(512, ge=1, le=8192)
     lr: float = Field(5e-4, gt=0, le=10)
     optimizer: Literal["adam", "adamw", "sgd"] = "adam"
     weight_decay: float = Field(0.0, ge=0)
-    lr_schedule: Literal["constant", "cosine"] = "constant"
+    lr_schedule: Literal["constant", "cosine", "step"] = Field(
+        "constant",
+        description="cosine: to 0 over the budget; step: times lr_gamma every lr_step_epochs",
+    )
+    lr_step_epochs: int = Field(10, ge=1, le=10_000, description="step schedule: epochs per step")
+    lr_gamma: float = Field(0.1, gt=0, le=1, description="step schedule: factor per step")
     grad_clip: float | None = Field(1.0, gt=0, description="max gradient norm (None = off)")
     seed: int = Field(0, ge=0)
     eval_every: int = Field(100, ge=1)
@@ -228,12 +274,54 @@ class TrainingSpec(_Strict):
     )
     bptt_chunk: int | None = Field(None, ge=1, description="truncated BPTT window (None = full)")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _epoch_budget_replaces_steps(cls, data: Any) -> Any:
+        # max_epochs alone means "no step budget"; the max_steps default must not fill in.
+        if isinstance(data, Mapping) and data.get("max_epochs") is not None:
+            if "max_steps" not in data:
+                return {**data, "max_steps": None}
+        return data
+
+    @model_validator(mode="after")
+    def _one_budget(self) -> TrainingSpec:
+        if (self.max_steps is None) == (self.max_epochs is None):
+            raise ValueError(BUDGET_MSG)
+        return self
+
+
+BUDGET_MSG = (
+    "set exactly one of training.max_steps (optimizer steps) and training.max_epochs "
+    "(passes over the training split); give the other as null or leave it out"
+)
+
+
+class InitFrom(_Strict):
+    """Start from another job's checkpoint (`job` + `checkpoint`) or an uploaded one (`upload`).
+    The service resolves it (ownership, the file, the model section) at submission."""
+
+    job: str | None = Field(None, min_length=1, max_length=64, description="a job of yours")
+    checkpoint: str = Field(
+        "latest", min_length=1, max_length=64, description="'best', 'latest' or a checkpoint id"
+    )
+    upload: str | None = Field(
+        None, min_length=1, max_length=64, description="id from POST /api/v1/checkpoints"
+    )
+
+    @model_validator(mode="after")
+    def _one_source(self) -> InitFrom:
+        if (self.job is None) == (self.upload is None):
+            raise ValueError("give exactly one of init_from.job and init_from.upload")
+        return self
+
 
 class JobSpec(_Strict):
     name: str | None = Field(None, max_length=200)
     task: TaskSpec
     model: ModelSpec
     training: TrainingSpec = Field(default_factory=TrainingSpec)
+    init_from: InitFrom | None = None
+    recipe: str | None = Field(None, max_length=200, description="the recipe it was built from")
 
     # Derived facts every part needs; computed from the task params, never stored separately.
     @property
@@ -255,6 +343,25 @@ class JobSpec(_Strict):
     @property
     def te_length(self) -> int:
         return self.model.te_length or self.seq_len
+
+    @property
+    def train_size(self) -> int | None:
+        """Examples in one epoch (the training split), or None for tasks without a finite one."""
+        return train_split_size(self.task)
+
+    @property
+    def total_steps(self) -> int:
+        """The step budget: max_steps, or max_epochs whole passes over the training split
+        (batches run on across epoch boundaries, so the last step may start the next pass)."""
+        tr = self.training
+        if tr.max_steps is not None:
+            return tr.max_steps
+        return math.ceil(tr.max_epochs * self.train_size / tr.batch_size)
+
+    def epoch_at(self, step: int) -> int | None:
+        """The epoch the batch of `step` (0-based) starts in; None without a finite split."""
+        n = self.train_size
+        return None if not n else (step * self.training.batch_size) // n
 
     @property
     def uses_te(self) -> bool:
@@ -314,6 +421,8 @@ class _RawSpec(BaseModel):
     task: _RawTask
     model: _RawModel = Field(default_factory=_RawModel)
     training: dict[str, Any] = Field(default_factory=dict)
+    init_from: dict[str, Any] | None = None
+    recipe: str | None = Field(None, max_length=200)
 
 
 DatasetResolver = Callable[[str], Mapping[str, Any] | None]
@@ -347,7 +456,9 @@ def validate_spec(
     neuron_params = _check(
         NEURONS[raw.model.neuron].params, raw.model.neuron_params, ("model", "neuron_params")
     )
+    _check_budget(raw.training)
     training = _check(TrainingSpec, raw.training, ("training",))
+    init_from = None if raw.init_from is None else _check(InitFrom, raw.init_from, ("init_from",))
     model = ModelSpec(
         **raw.model.model_dump(exclude={"neuron_params"}), neuron_params=neuron_params
     )
@@ -356,9 +467,56 @@ def validate_spec(
         task=TaskSpec(name=raw.task.name, params=params),
         model=model,
         training=training,
+        init_from=init_from,
+        recipe=raw.recipe,
     )
+    _check_epochs(spec)
     _check_cross_fields(spec, max_activation_bytes)
     return spec
+
+
+BUDGET_FIELDS = ("max_steps", "max_epochs")
+
+
+def continues_run(spec: JobSpec, source: JobSpec) -> bool:
+    """Whether a job started from `source`'s checkpoint continues that run exactly (weights,
+    optimizer and schedule state, step, best) or starts a new run from its weights: it continues
+    when task, model and training agree apart from the budget."""
+    ignore = set(BUDGET_FIELDS)
+    ours, theirs = (
+        spec.training.model_dump(exclude=ignore),
+        source.training.model_dump(exclude=ignore),
+    )
+    return spec.task == source.task and spec.model == source.model and ours == theirs
+
+
+def _check_budget(training: Mapping[str, Any]) -> None:
+    """Exactly one budget, named in the error (TrainingSpec's own check cannot name a field)."""
+    steps, epochs = training.get("max_steps"), training.get("max_epochs")
+    if epochs is not None and steps is not None:
+        raise _fail(["training", "max_epochs"], BUDGET_MSG)
+    if "max_steps" in training and steps is None and epochs is None:
+        raise _fail(["training", "max_steps"], BUDGET_MSG, "missing")
+
+
+def _check_epochs(spec: JobSpec) -> None:
+    """Epoch-based settings need a training split whose size the spec knows."""
+    if spec.train_size is not None:
+        return
+    tr = spec.training
+    why = (
+        f"the {spec.task.name} task generates a fresh batch every step and has no finite "
+        "training split, so it has no epochs"
+        if spec.task.name in ("adding", "copy_memory")
+        else "the size of an uploaded dataset's training split is not part of the spec"
+    )
+    if tr.max_epochs is not None:
+        raise _fail(["training", "max_epochs"], f"{why}; give the budget as training.max_steps")
+    if tr.lr_schedule == "step":
+        raise _fail(
+            ["training", "lr_schedule"],
+            f"the step schedule counts epochs and {why}; use 'constant' or 'cosine'",
+        )
 
 
 def _resolve_dataset(params: dict[str, Any], datasets: DatasetResolver | None) -> dict[str, Any]:
@@ -449,6 +607,8 @@ def estimate(spec: JobSpec) -> dict[str, int]:
         "parameters": count_parameters(spec),
         "activation_bytes": int(activation),
         "seq_len": steps,
+        "total_steps": spec.total_steps,
+        "train_size": spec.train_size,
     }
 
 

@@ -5,7 +5,7 @@ Progress goes to a callbacks object (all methods optional)::
     on_metrics(points: list[MetricPoint])   # batches of learning-curve points
     on_checkpoint(info: CheckpointInfo)     # after each checkpoint file is written
     should_stop() -> bool                   # checked before every step: True stops promptly
-    on_step(step, max_steps)                # after every optimizer step
+    on_step(step, total_steps)              # after every optimizer step (total: the budget)
 
 A MetricPoint is ``{"step", "epoch", "split", "name", "value", "time"}``: ``train/loss`` every
 step (delivered every few steps), ``val/<metric>`` every ``eval_every`` steps and at the end,
@@ -29,7 +29,7 @@ import torch
 from celif_core.checkpoint import CheckpointInfo, encode, read_checkpoint, write_atomic
 from celif_core.errors import TrainingError
 from celif_core.models import CelifNetwork, build_model
-from celif_core.spec import JobSpec, validate_spec
+from celif_core.spec import JobSpec, continues_run, validate_spec
 from celif_core.tasks import MetricSums, Task, build_task
 from celif_core.telemetry import spec_energy_estimate
 
@@ -61,6 +61,19 @@ def resolve_device(device: str) -> torch.device:
     if device == "cuda" and not torch.cuda.is_available():
         raise TrainingError("training.device is 'cuda' but no CUDA device is available")
     return torch.device(device)
+
+
+def lr_at(spec: JobSpec, step: int) -> float:
+    """The learning rate of optimizer step `step` (0-based): a pure function of the spec and the
+    step, so a resumed run follows the schedule exactly. The step schedule's epoch is the one
+    the step's batch starts in."""
+    tr = spec.training
+    if tr.lr_schedule == "cosine":
+        total = spec.total_steps
+        return tr.lr * 0.5 * (1.0 + math.cos(math.pi * min(step, total) / total))
+    if tr.lr_schedule == "step":
+        return tr.lr * tr.lr_gamma ** (spec.epoch_at(step) // tr.lr_step_epochs)
+    return tr.lr
 
 
 def _better(value: float, best: float | None, mode: str) -> bool:
@@ -144,6 +157,12 @@ class Trainer:
             self.optimizer = torch.optim.SGD(
                 params, lr=tr.lr, momentum=0.9, weight_decay=tr.weight_decay
             )
+        if self.spec.train_size is not None and self.task.train_size != self.spec.train_size:
+            # Epoch budgets and the step schedule count from the spec's split size.
+            raise TrainingError(
+                f"the {self.spec.task.name} training split has {self.task.train_size} examples, "
+                f"the spec expects {self.spec.train_size}"
+            )
         self.step = 0
         if resume_from is not None:
             self.load_checkpoint(resume_from)
@@ -153,10 +172,7 @@ class Trainer:
             raise RuntimeError("call Trainer.setup() first")
 
     def _lr_at(self, step: int) -> float:
-        tr = self.spec.training
-        if tr.lr_schedule == "cosine":
-            return tr.lr * 0.5 * (1.0 + math.cos(math.pi * min(step, tr.max_steps) / tr.max_steps))
-        return tr.lr
+        return lr_at(self.spec, step)
 
     # ------------------------------------------------------------------ one step
     def _train_step(self) -> float:
@@ -221,7 +237,8 @@ class Trainer:
         if self.step == 0 and task.baseline is not None:
             self._pending.append(self._point("baseline", task.baseline_metric, task.baseline, 0))
         status = "completed"
-        while self.step < tr.max_steps:
+        total = self.spec.total_steps
+        while self.step < total:
             if self._call("should_stop"):
                 status = "stopped"
                 break
@@ -231,10 +248,10 @@ class Trainer:
             self._pending.append(self._point("train", "loss", loss))
             if self.step % TRAIN_FLUSH_EVERY == 0:
                 self._flush()
-            self._call("on_step", self.step, tr.max_steps)
-            if self.step % tr.eval_every == 0 or self.step == tr.max_steps:
+            self._call("on_step", self.step, total)
+            if self.step % tr.eval_every == 0 or self.step == total:
                 self._validate()
-            if self.step % tr.checkpoint_every == 0 or self.step == tr.max_steps:
+            if self.step % tr.checkpoint_every == 0 or self.step == total:
                 self.save_checkpoint()
         if status == "stopped":
             self._flush()
@@ -399,6 +416,23 @@ class Trainer:
         self.last_val = dict(meta.get("last_val") or {})
         self.last_val_step = meta.get("last_val_step")
         self.last_train_loss = meta.get("last_train_loss")
+
+    def init_from(self, path: str | os.PathLike) -> bool:
+        """Start from another run's checkpoint (spec `init_from`); returns whether the run
+        continues it. With the same task, model and training section apart from the budget
+        (`continues_run`) it restores everything `load_checkpoint` does, so the run goes on
+        exactly; otherwise only the weights, and this run starts at step 0 with a fresh
+        optimizer."""
+        self._require_setup()
+        data = read_checkpoint(path)
+        source = validate_spec(data.metadata["spec"])
+        if source.model != self.spec.model:
+            raise TrainingError(f"init_from checkpoint {path} has a different model section")
+        if continues_run(self.spec, source):
+            self.load_checkpoint(path)
+            return True
+        self.model.load_state_dict(data.model)
+        return False
 
     def cleanup(self) -> None:
         self._flush()

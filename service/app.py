@@ -28,9 +28,10 @@ API_PREFIX = "/api/v1"
 OPTIONAL_ROUTERS = (
     "service.predict.routes",
     "service.datasets.routes",
+    "service.checkpoints.routes",
     "service.dashboard.routes",
 )
-UPLOAD_PATH_PREFIXES = (f"{API_PREFIX}/datasets",)
+UPLOAD_PATH_PREFIXES = (f"{API_PREFIX}/datasets", f"{API_PREFIX}/checkpoints")
 
 
 class _BodyTooLarge(HTTPException):

@@ -14,6 +14,7 @@ sets CELIF_DATA_DIR before they are read. Nothing here imports torch except `tra
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import signal
@@ -269,6 +270,30 @@ def _submit_demo(base_url: str, settings, deadline_s: float = 120.0) -> None:
     print(f"  learning curves: {base_url}/api/v1/jobs/{job_id}/curves.png", flush=True)
 
 
+def cmd_recipes(args) -> int:
+    """The recipe catalog (the same as GET /api/v1/recipes; no server needed)."""
+    from celif_core.recipes import RECIPES
+
+    if args.name is not None:
+        recipe = RECIPES.get(args.name)
+        if recipe is None:
+            print(f"celif recipes: unknown recipe {args.name!r}", file=sys.stderr)
+            return 2
+        print(json.dumps(recipe.to_dict(), indent=2))
+        return 0
+    width = max(len(n) for n in RECIPES)
+    for recipe in RECIPES.values():
+        refs = [
+            f"{who} {ref['metric']} {ref['value']:g}"
+            for who, ref in (("paper", recipe.paper), ("neuroseqbench", recipe.neuroseqbench))
+            if ref is not None
+        ]
+        print(
+            f"{recipe.name:<{width}}  {recipe.table}" + (f"  [{'; '.join(refs)}]" if refs else "")
+        )
+    return 0
+
+
 def cmd_serve(args) -> int:
     settings = _apply_data_dir(args.data_dir)
     _upgrade(settings)
@@ -349,6 +374,10 @@ def build_parser() -> argparse.ArgumentParser:
     dsub = p.add_subparsers(dest="db_command", required=True, metavar="ACTION")
     d = dsub.add_parser("upgrade", parents=[data_dir], help="apply migrations")
     d.set_defaults(func=cmd_db_upgrade)
+
+    p = sub.add_parser("recipes", help="list the named recipes (or print one's spec)")
+    p.add_argument("name", nargs="?", help="print this recipe as JSON")
+    p.set_defaults(func=cmd_recipes)
 
     _add_reproduce(sub)
     sub.add_parser("train", help="train a spec locally without a server (celif train --help)")

@@ -37,6 +37,9 @@ class Settings(BaseSettings):
     max_infra_retries: int = Field(3, ge=0, description="re-queues after worker loss")
     metrics_flush_interval_s: float = Field(1.0, gt=0)
     cancel_poll_interval_s: float = Field(0.2, gt=0)
+    # Intra-op threads of the training process (torch.set_num_threads); None keeps torch's
+    # default (one per core). Two workers on two cores: 1 each, so they do not oversubscribe.
+    torch_threads: int | None = Field(None, ge=1, le=1024)
 
     # Request limits.
     max_body_bytes: int = Field(32 * 1024**2, ge=1024)

@@ -235,6 +235,10 @@ class JobRunner:
         # This pool process trains one job and exits (max_tasks_per_child=1): let glibc keep
         # large freed blocks instead of page-faulting every [T, B, N] tensor in anew each step.
         tune_allocator()
+        if self.settings.torch_threads is not None:
+            import torch
+
+            torch.set_num_threads(self.settings.torch_threads)
         spec = validate_spec(spec_dict, max_activation_bytes=self.settings.max_activation_bytes)
         checkpoint_dir = Path(self.settings.storage_dir) / "checkpoints" / self.job_id
         checkpoint_dir.mkdir(parents=True, exist_ok=True)
@@ -245,6 +249,16 @@ class JobRunner:
             data_dirs=DataDirs(mnist=self.settings.mnist_dir, datasets=self.settings.datasets_dir),
         )
         trainer.setup(resume_from=resume)
+        if resume is None and spec.init_from is not None:
+            # No checkpoint of its own yet: start from the source's copy the API installed.
+            # (A re-run after a kill finds its own checkpoints above and never re-inits.)
+            from celif_core.errors import TrainingError
+            from service.checkpoints.service import INIT_FILE
+
+            if not (checkpoint_dir / INIT_FILE).is_file():
+                raise TrainingError(f"the init_from checkpoint copy {INIT_FILE} is missing")
+            continued = trainer.init_from(checkpoint_dir / INIT_FILE)
+            log.info("job %s: init_from %s", self.job_id, "continued" if continued else "weights")
         self._model = trainer.model  # its backend_name is known after the first step
         self._trainer = trainer
         info = {"device": _describe(getattr(trainer, "device", None))}

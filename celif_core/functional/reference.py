@@ -17,6 +17,12 @@ with, per neuron:
     lif / plif : theta = theta0 (eta is carried through untouched)
     alif       : CE = S[t-1], gain = 1 - rho, scale = beta
     celif      : CE from ``ce_mode``, gain = 1, scale = 1
+
+CE-LIF's ``ce_timing`` picks which membrane drives the threshold memory in the membrane modes:
+``"current"`` uses this step's ``U[t]`` (DESIGN.md section 3's reading), ``"previous"`` the
+previous step's ``U[t-1]`` before its hard reset (neuroseqbench's reading). ``NeuronState.u``
+holds that pre-reset value (the reset is applied when the next step reads it), so a carried
+state is all "previous" needs across chunks; ``U[-1]`` of a fresh scan is 0.
 """
 
 from __future__ import annotations
@@ -27,7 +33,7 @@ from typing import Any, NamedTuple
 
 import torch
 
-from celif_core.spec import CE_MODES
+from celif_core.spec import CE_MODES, CE_TIMINGS
 
 NEURONS = ("lif", "alif", "plif", "celif")
 # ce_modes whose contextual embedding reads the temporal-encoding table
@@ -93,7 +99,8 @@ def resolve_params(neuron: str, params: Mapping[str, Any]) -> dict[str, Any]:
     """Validate ``params`` for ``neuron`` and return a normalised copy.
 
     Keys: ``alpha`` (float, or a tensor scalar/[N] for plif), ``theta0``, ``surrogate_width``,
-    ``detach_reset``; alif adds ``rho`` and ``beta``; celif adds ``rho`` and ``ce_mode``.
+    ``detach_reset``; alif adds ``rho`` and ``beta``; celif adds ``rho``, ``ce_mode`` and
+    ``ce_timing``.
     """
     if neuron not in NEURONS:
         raise ValueError(f"neuron must be one of {list(NEURONS)}, got {neuron!r}")
@@ -132,9 +139,14 @@ def resolve_params(neuron: str, params: Mapping[str, Any]) -> dict[str, Any]:
         if ce_mode not in CE_MODES:
             raise ValueError(f"ce_mode must be one of {list(CE_MODES)}, got {ce_mode!r}")
         out["ce_mode"] = ce_mode
+        ce_timing = params.get("ce_timing", "current")
+        if ce_timing not in CE_TIMINGS:
+            raise ValueError(f"ce_timing must be one of {list(CE_TIMINGS)}, got {ce_timing!r}")
+        out["ce_timing"] = ce_timing
     else:
         # lif/plif never move eta; alif is the spike-driven case
         out["ce_mode"] = "spike" if neuron == "alif" else "none"
+        out["ce_timing"] = "current"
     return out
 
 
@@ -174,18 +186,20 @@ def _step(
 
     rho, gain, scale = ce_coefficients(neuron, p)
     mode = p["ce_mode"]
+    # the membrane the membrane modes read: U[t], or U[t-1] before its reset ("previous")
+    u_ce = u_prev if p["ce_timing"] == "previous" else u
     if mode == "none":
         ce = None
     elif mode == "spike":
         ce = s_prev
     elif mode == "membrane":
-        ce = u
+        ce = u_ce
     elif mode == "te":
         ce = te_t.expand_as(u)
     elif mode == "spike_te":
         ce = s_prev * te_t
-    else:  # membrane_te: the CE-LIF contextual embedding U[t] * TE[t]
-        ce = u * te_t
+    else:  # membrane_te: the CE-LIF contextual embedding U * TE[t]
+        ce = u_ce * te_t
     eta = eta_prev if ce is None and rho == 1.0 else rho * eta_prev
     if ce is not None:
         eta = eta + gain * ce

@@ -28,8 +28,20 @@ from types import ModuleType
 
 log = logging.getLogger(__name__)
 
-# Must match the CeMode enum in scan_cpu.cpp.
+# Must match the CeMode enum in scan_cpu.cpp (and the ids in scan_triton.py).
 CE_MODE_IDS = {"none": 0, "spike": 1, "membrane": 2, "te": 3, "spike_te": 4, "membrane_te": 5}
+# The membrane modes under ce_timing "previous" (CE reads U[t-1] before its reset) are kernels
+# of their own; the other modes read S[t-1] or TE[t] only, the same in both timings.
+PREVIOUS_MODE_IDS = {"membrane": 6, "membrane_te": 7}
+TE_MODE_IDS = (3, 4, 5, 7)  # the kernels of these modes read the TE table
+
+
+def kernel_mode_id(ce_mode: str, ce_timing: str = "current") -> int:
+    """The kernels' mode id for a ``ce_mode`` under a ``ce_timing``."""
+    if ce_timing == "previous" and ce_mode in PREVIOUS_MODE_IDS:
+        return PREVIOUS_MODE_IDS[ce_mode]
+    return CE_MODE_IDS[ce_mode]
+
 
 _SOURCE = Path(__file__).with_name("scan_cpu.cpp")
 _lock = threading.Lock()

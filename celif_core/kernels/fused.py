@@ -14,13 +14,13 @@ from typing import Any, NamedTuple
 
 import torch
 
-from celif_core.kernels import CE_MODE_IDS, load_cpu_extension, load_triton
+from celif_core.kernels import kernel_mode_id, load_cpu_extension, load_triton
 
 MEMORY_MODES = ("save", "recompute")
 
 
 class KernelConfig(NamedTuple):
-    mode: int  # CE_MODE_IDS value
+    mode: int  # kernel_mode_id(ce_mode, ce_timing)
     rho: float
     gain: float
     scale: float
@@ -47,7 +47,7 @@ def make_config(
 ) -> KernelConfig:
     rho, gain, scale = coefs
     return KernelConfig(
-        CE_MODE_IDS[p["ce_mode"]],
+        kernel_mode_id(p["ce_mode"], p["ce_timing"]),
         rho,
         gain,
         scale,

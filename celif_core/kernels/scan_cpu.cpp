@@ -7,6 +7,10 @@
 //   theta[t] = theta0 + scale * eta[t]
 //   S[t]     = H(U[t] - theta[t]),  dS/dv = (1/a) * 1{|v| < a/2}
 //
+// The membrane modes come in two timings (CE-LIF's ce_timing): MEMBRANE / MEMBRANE_TE read this
+// step's U[t]; MEMBRANE_PREV / MEMBRANE_TE_PREV read the previous step's U[t-1] before its reset
+// (U[-1] = the initial state's u). In reverse mode the PREV modes send dL/deta[t] to U[t-1].
+//
 // Layout: all [T, B, N] tensors are contiguous and time-major. The batch is split into one
 // contiguous chunk per thread (at::parallel_for); each thread runs T sequentially and, at every
 // t, sweeps its rows [b0, b1) x [0, N), a contiguous block of memory, so the inner loop along N
@@ -27,9 +31,14 @@
 namespace {
 
 // Must match CE_MODE_IDS in celif_core/kernels/__init__.py.
-enum CeMode : int { NONE = 0, SPIKE = 1, MEMBRANE = 2, TE = 3, SPIKE_TE = 4, MEMBRANE_TE = 5 };
+enum CeMode : int {
+  NONE = 0, SPIKE = 1, MEMBRANE = 2, TE = 3, SPIKE_TE = 4, MEMBRANE_TE = 5,
+  MEMBRANE_PREV = 6, MEMBRANE_TE_PREV = 7
+};
 
-constexpr bool uses_te(int mode) { return mode == TE || mode == SPIKE_TE || mode == MEMBRANE_TE; }
+constexpr bool uses_te(int mode) {
+  return mode == TE || mode == SPIKE_TE || mode == MEMBRANE_TE || mode == MEMBRANE_TE_PREV;
+}
 
 struct Coefs {
   double rho, gain, scale, theta0, width;
@@ -87,6 +96,8 @@ void forward_chunk(const scalar_t* __restrict__ cur,    // [T, B, N]
         if constexpr (MODE == TE) ce = te_row[n];
         if constexpr (MODE == SPIKE_TE) ce = s_prev * te_row[n];
         if constexpr (MODE == MEMBRANE_TE) ce = un * te_row[n];
+        if constexpr (MODE == MEMBRANE_PREV) ce = pu[o + n];  // U[t-1], before its reset
+        if constexpr (MODE == MEMBRANE_TE_PREV) ce = pu[o + n] * te_row[n];
         const scalar_t en = MODE == NONE ? rho * pe[o + n] : rho * pe[o + n] + gain * ce;
         const scalar_t theta = theta0 + scale * en;
         const scalar_t v = un - theta;
@@ -176,6 +187,10 @@ void backward_chunk(const scalar_t* __restrict__ grad_s,   // [T, B, N]
       std::copy(s0 + b0 * N, s0 + b0 * N + len, psp);
     }
     const scalar_t* __restrict__ te_row = uses_te(MODE) ? te + t * N : nullptr;
+    // TE[t+1], read by MEMBRANE_TE_PREV's eta[t+1] -> U[t] term (at t = T-1 that term's
+    // dL/deta[T] is 0; any valid row serves)
+    const scalar_t* __restrict__ te_after =
+        MODE == MEMBRANE_TE_PREV ? te + std::min<int64_t>(t + 1, T - 1) * N : nullptr;
     const scalar_t* __restrict__ gs_in = grad_s + base;
     const scalar_t* __restrict__ ut = u + base;
     const uint8_t* __restrict__ ct = code + base;
@@ -188,10 +203,13 @@ void backward_chunk(const scalar_t* __restrict__ grad_s,   // [T, B, N]
         const scalar_t s_t = static_cast<scalar_t>(cc & 1);
         const scalar_t win = static_cast<scalar_t>((cc >> 1) & 1);
         const scalar_t gv = (gs_in[i] + pgs[i]) * win * inv_w;  // dL/dv[t]
-        const scalar_t ge = rho * pge[i] - scale * gv;          // dL/deta[t]
+        const scalar_t ge_after = pge[i];                        // dL/deta[t+1]
+        const scalar_t ge = rho * ge_after - scale * gv;         // dL/deta[t]
         scalar_t gut = gv + pgu[i] * alpha[n] * (scalar_t(1) - s_t);  // dL/dU[t]
         if constexpr (MODE == MEMBRANE) gut += gain * ge;
         if constexpr (MODE == MEMBRANE_TE) gut += gain * ge * te_row[n];
+        if constexpr (MODE == MEMBRANE_PREV) gut += gain * ge_after;  // eta[t+1] read U[t]
+        if constexpr (MODE == MEMBRANE_TE_PREV) gut += gain * ge_after * te_after[n];
         gi[i] = gut;
         // what step t sends to S[t-1]: the reset path, then the spike-driven eta input
         scalar_t gsp = -reset_grad * alpha[n] * up[i] * gut;
@@ -210,6 +228,7 @@ void backward_chunk(const scalar_t* __restrict__ grad_s,   // [T, B, N]
           scalar_t x = gain * pge[o + n];
           if constexpr (MODE == SPIKE_TE) x *= psp[o + n];
           if constexpr (MODE == MEMBRANE_TE) x *= ut[o + n];
+          if constexpr (MODE == MEMBRANE_TE_PREV) x *= up[o + n];
           gte_row[n] += x;
         }
       }
@@ -252,6 +271,8 @@ void dispatch_mode(int64_t mode, F&& f) {
     case TE: f(std::integral_constant<int, TE>{}); break;
     case SPIKE_TE: f(std::integral_constant<int, SPIKE_TE>{}); break;
     case MEMBRANE_TE: f(std::integral_constant<int, MEMBRANE_TE>{}); break;
+    case MEMBRANE_PREV: f(std::integral_constant<int, MEMBRANE_PREV>{}); break;
+    case MEMBRANE_TE_PREV: f(std::integral_constant<int, MEMBRANE_TE_PREV>{}); break;
     default: TORCH_CHECK(false, "celif scan: unknown ce mode id ", mode);
   }
 }

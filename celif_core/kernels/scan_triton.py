@@ -30,11 +30,14 @@ import torch
 import triton
 import triton.language as tl
 
+from celif_core.kernels import TE_MODE_IDS
+
 # Must match CE_MODE_IDS in celif_core/kernels/__init__.py (constexpr: kernels may only read
 # global constants).
 NONE, SPIKE, MEMBRANE = tl.constexpr(0), tl.constexpr(1), tl.constexpr(2)
 TE, SPIKE_TE, MEMBRANE_TE = tl.constexpr(3), tl.constexpr(4), tl.constexpr(5)
-TE_MODE_IDS = (3, 4, 5)
+# ce_timing "previous": the membrane modes read U[t-1] before its reset
+MEMBRANE_PREV, MEMBRANE_TE_PREV = tl.constexpr(6), tl.constexpr(7)
 
 BLOCK = 128  # elements of the [B, N] slab per program
 NUM_WARPS = 4
@@ -70,7 +73,8 @@ def _forward_kernel(
     spikes_ptr, u_ptr, code_ptr, theta_ptr,  # [T, B*N] (u, code, theta only if asked)
     uT_ptr, sT_ptr, etaT_ptr,  # [B*N]
     T, BN, N,
-    MODE: tl.constexpr, SAVE: tl.constexpr, THETA: tl.constexpr, BLOCK: tl.constexpr,
+    MODE: tl.constexpr, USES_TE: tl.constexpr, SAVE: tl.constexpr, THETA: tl.constexpr,
+    BLOCK: tl.constexpr,
 ):  # fmt: skip
     offs, mask, n, alpha, rho, gain, scale = _program_slab(alpha_ptr, coef_ptr, BN, N, BLOCK)
     theta0 = tl.load(coef_ptr + _THETA0)
@@ -80,13 +84,14 @@ def _forward_kernel(
     eta = tl.load(eta0_ptr + offs, mask=mask, other=0.0)
     # step t+1's loads are issued during step t, so their latency overlaps a step of work
     i_next = tl.load(cur_ptr + offs, mask=mask, other=0.0)
-    if MODE >= TE:
+    if USES_TE:
         te_next = tl.load(te_ptr + n, mask=mask, other=0.0)
     for t in range(T):
         at = t * BN + offs  # int32 is enough: a [T, B, N] tensor over 2**31 elements is refused
         more = mask & (at + BN < T * BN)  # i.e. t + 1 < T, as an element-wise mask
         i_t = i_next
         i_next = tl.load(cur_ptr + at + BN, mask=more, other=0.0)
+        u_prev = u  # U[t-1] before its reset, the CE of the "previous" membrane modes
         u = alpha * u * (1.0 - s) + i_t
         # the contextual embedding CE[t] of each mode (DESIGN.md section 3)
         if MODE == NONE:
@@ -95,6 +100,8 @@ def _forward_kernel(
             eta = rho * eta + gain * s
         elif MODE == MEMBRANE:
             eta = rho * eta + gain * u
+        elif MODE == MEMBRANE_PREV:
+            eta = rho * eta + gain * u_prev
         else:
             te_t = te_next
             te_next = tl.load(te_ptr + (t + 1) * N + n, mask=more, other=0.0)
@@ -102,8 +109,10 @@ def _forward_kernel(
                 eta = rho * eta + gain * te_t
             elif MODE == SPIKE_TE:
                 eta = rho * eta + gain * (s * te_t)
-            else:  # MEMBRANE_TE, the CE-LIF embedding U[t] * TE[t]
+            elif MODE == MEMBRANE_TE:  # the CE-LIF embedding U[t] * TE[t]
                 eta = rho * eta + gain * (u * te_t)
+            else:  # MEMBRANE_TE_PREV: U[t-1] * TE[t]
+                eta = rho * eta + gain * (u_prev * te_t)
         theta = theta0 + scale * eta
         v = u - theta
         s = tl.where(v >= 0.0, 1.0, 0.0).to(u.dtype)
@@ -127,8 +136,8 @@ def _backward_kernel(
     gte_ptr,  # [T, B*N] out: per-element dL/dTE terms (NEED_TE)
     galpha_ptr,  # [B*N] out: per-element dL/dalpha sums over t (NEED_ALPHA)
     T, BN, N,
-    MODE: tl.constexpr, DETACH_RESET: tl.constexpr, NEED_TE: tl.constexpr,
-    NEED_ALPHA: tl.constexpr, BLOCK: tl.constexpr,
+    MODE: tl.constexpr, USES_TE: tl.constexpr, DETACH_RESET: tl.constexpr,
+    NEED_TE: tl.constexpr, NEED_ALPHA: tl.constexpr, BLOCK: tl.constexpr,
 ):  # fmt: skip
     offs, mask, n, alpha, rho, gain, scale = _program_slab(alpha_ptr, coef_ptr, BN, N, BLOCK)
     inv_w = tl.load(coef_ptr + _INV_WIDTH)
@@ -146,8 +155,10 @@ def _backward_kernel(
     u_t = tl.load(u_ptr + last, mask=mask, other=0.0)
     code_t = tl.load(code_ptr + last, mask=mask, other=0)
     gs_next = tl.load(gs_ptr + last, mask=mask, other=0.0)
-    if MODE >= TE:
+    if USES_TE:
         te_next = tl.load(te_ptr + (T - 1) * N + n, mask=mask, other=0.0)
+    if MODE == MEMBRANE_TE_PREV:
+        te_after = tl.full([BLOCK], 0.0, alpha.dtype)  # TE[t+1]; unused at t = T-1
     for i in range(T):
         t = T - 1 - i
         at = t * BN + offs
@@ -155,7 +166,7 @@ def _backward_kernel(
         has_prev = mask & (at >= BN)
         gs_t = gs_next
         gs_next = tl.load(gs_ptr + at - BN, mask=has_prev, other=0.0)
-        if MODE >= TE:
+        if USES_TE:
             te_t = te_next
             te_next = tl.load(te_ptr + (t - 1) * N + n, mask=has_prev, other=0.0)
         # U[t-1] and S[t-1] (the initial state at t = 0); no branch, so nothing stalls the loads
@@ -166,12 +177,18 @@ def _backward_kernel(
         s_t = (code_t & 1).to(u_t.dtype)
         window = ((code_t >> 1) & 1).to(u_t.dtype)
         g_v = (gs_t + g_s_next) * window * inv_w
+        g_eta_after = g_eta  # dL/deta[t+1]
         g_eta = rho * g_eta - scale * g_v  # dL/deta[t]
         g_u = g_v + g_u * alpha * (1.0 - s_t)  # dL/dU[t] so far
         if MODE == MEMBRANE:
             g_u = g_u + gain * g_eta
         if MODE == MEMBRANE_TE:
             g_u = g_u + gain * g_eta * te_t
+        if MODE == MEMBRANE_PREV:  # eta[t+1] read U[t]
+            g_u = g_u + gain * g_eta_after
+        if MODE == MEMBRANE_TE_PREV:
+            g_u = g_u + gain * g_eta_after * te_after
+            te_after = te_t
         tl.store(gcur_ptr + at, g_u, mask=mask)
         # what step t sends to S[t-1]: the reset path, then the spike-driven eta input
         if DETACH_RESET:
@@ -189,6 +206,8 @@ def _backward_kernel(
                 tl.store(gte_ptr + at, gain * g_eta * s_prev, mask=mask)
             if MODE == MEMBRANE_TE:
                 tl.store(gte_ptr + at, gain * g_eta * u_t, mask=mask)
+            if MODE == MEMBRANE_TE_PREV:
+                tl.store(gte_ptr + at, gain * g_eta * u_prev, mask=mask)
         if NEED_ALPHA:  # dL/dalpha = sum_t dL/dU[t] * U[t-1] * (1 - S[t-1])
             g_alpha = g_alpha + g_u * u_prev * (1.0 - s_prev)
         u_t = u_prev
@@ -242,7 +261,7 @@ def forward(current, te, alpha, u0, s0, eta0, mode, rho, gain, scale, theta0, wi
         current, te_arg, alpha, coef, u0, s0, eta0,
         spikes, u if save else current, code if save else current, theta if want_theta else current,
         uT, sT, etaT, T, B * N, N,
-        MODE=mode, SAVE=save, THETA=want_theta, **_LAUNCH,
+        MODE=mode, USES_TE=mode in TE_MODE_IDS, SAVE=save, THETA=want_theta, **_LAUNCH,
     )  # fmt: skip
     return spikes, u, code if save else empty, theta, uT, sT, etaT
 
@@ -262,7 +281,8 @@ def backward(grad_spikes, u, code, te, alpha, u0, s0, mode, rho, gain, scale, wi
         gs, u, code, te if mode in TE_MODE_IDS else u, alpha, coef, u0, s0,
         grad_cur, gte if te_grad else u, galpha if need_alpha else u,
         T, B * N, N,
-        MODE=mode, DETACH_RESET=detach_reset, NEED_TE=te_grad, NEED_ALPHA=need_alpha,
+        MODE=mode, USES_TE=mode in TE_MODE_IDS, DETACH_RESET=detach_reset, NEED_TE=te_grad,
+        NEED_ALPHA=need_alpha,
         **_LAUNCH,
     )  # fmt: skip
     empty = u.new_empty(0)

@@ -161,3 +161,18 @@ class Dataset(Base):
     kind: Mapped[str] = mapped_column(String(16))  # "classification" | "regression"
     target: Mapped[str] = mapped_column(String(16))  # "per_sequence" | "per_step"
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class UploadedCheckpoint(Base):
+    """A checkpoint file a user uploaded (POST /api/v1/checkpoints) to start jobs from."""
+
+    __tablename__ = "uploaded_checkpoints"
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    owner_id: Mapped[str] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(200))
+    path: Mapped[str] = mapped_column(String(1000))  # relative to settings.storage_dir
+    size: Mapped[int] = mapped_column(BigInteger)
+    sha256: Mapped[str] = mapped_column(String(64))
+    step: Mapped[int] = mapped_column(Integer)
+    spec: Mapped[dict[str, Any]] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)

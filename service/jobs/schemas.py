@@ -36,8 +36,25 @@ def clean_metrics(metrics: dict[str, Any] | None) -> dict[str, Any]:
 
 class Progress(BaseModel):
     step: int
-    max_steps: int
+    max_steps: int = Field(description="the step budget (max_epochs converted to steps)")
     fraction: float
+    epoch: float | None = Field(
+        None, description="passes over the training split so far (jobs with an epoch budget)"
+    )
+    max_epochs: int | None = None
+
+
+def _progress(job: Job, step: int, max_steps: int) -> Progress:
+    max_epochs = ((job.spec or {}).get("training") or {}).get("max_epochs")
+    fraction = min(step / max_steps, 1.0)
+    return Progress(
+        step=step,
+        max_steps=max_steps,
+        fraction=round(fraction, 6),
+        # max_steps = ceil(max_epochs * split / batch): the epoch to within one batch
+        epoch=round(fraction * max_epochs, 3) if max_epochs else None,
+        max_epochs=max_epochs,
+    )
 
 
 class JobLinks(BaseModel):
@@ -83,9 +100,7 @@ class JobOut(BaseModel):
             task=job.task_name,
             neuron=job.neuron,
             spec=job.spec,
-            progress=Progress(
-                step=step, max_steps=max_steps, fraction=round(min(step / max_steps, 1.0), 6)
-            ),
+            progress=_progress(job, step, max_steps),
             latest_metrics=clean_metrics(job.latest_metrics),
             best_metrics=clean_metrics(job.best_metrics),
             telemetry=job.telemetry or {},
@@ -172,6 +187,8 @@ class Estimate(BaseModel):
     parameters: int
     activation_bytes: int
     seq_len: int
+    total_steps: int = Field(description="the step budget (max_epochs converted to steps)")
+    train_size: int | None = Field(description="examples per epoch; None: the task has no epochs")
 
 
 class ValidateOut(BaseModel):

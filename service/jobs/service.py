@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import shutil
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -40,7 +41,12 @@ def get_owned_job(session: Session, user: User, job_id: str, *, for_update: bool
 
 # ----------------------------------------------------------------------------- validation
 def validate_job_spec(session: Session, user: User, body: Any, settings: Settings) -> JobSpec:
-    """Raises `SpecError` (-> 422 naming the field). Datasets resolve among the user's own."""
+    """Raises `SpecError` (-> 422 naming the field). Datasets resolve among the user's own.
+    A body naming a `recipe` is that recipe's spec with the body's sections merged over it."""
+    if isinstance(body, dict) and "recipe" in body:
+        from celif_core.recipes import apply_recipe
+
+        body = apply_recipe(body)
     return validate_spec(
         body,
         datasets=lambda dataset_id: repo.get_dataset_facts(session, user.id, dataset_id),
@@ -48,8 +54,15 @@ def validate_job_spec(session: Session, user: User, body: Any, settings: Setting
     )
 
 
+def _init_source(session: Session, user: User, settings: Settings, spec: JobSpec) -> Path | None:
+    from service.checkpoints.service import resolve_init_from  # (it imports this module)
+
+    return resolve_init_from(session, user, settings, spec)
+
+
 def dry_run(session: Session, user: User, body: Any, settings: Settings) -> dict[str, Any]:
     spec = validate_job_spec(session, user, body, settings)
+    _init_source(session, user, settings, spec)
     return {"valid": True, "spec": spec.to_dict(), "estimate": estimate(spec)}
 
 
@@ -79,6 +92,7 @@ def submit_job(
         if not idempotency_key or len(idempotency_key) > MAX_IDEMPOTENCY_KEY:
             raise BadRequest(f"Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY} characters")
     spec = validate_job_spec(session, user, body, settings)
+    init_source = _init_source(session, user, settings, spec)
     spec_dict = spec.to_dict()
     if idempotency_key is not None:
         existing = repo.get_job_by_idempotency_key(session, user.id, idempotency_key)
@@ -93,15 +107,21 @@ def submit_job(
         spec=spec_dict,
         status="queued",
         idempotency_key=idempotency_key,
-        max_steps=spec.training.max_steps,
+        max_steps=spec.total_steps,
         step=0,
     )
     try:
         repo.add_job(session, job)
         append_status_event(session, job, "queued")
+        if init_source is not None:
+            from service.checkpoints.service import install_init_file
+
+            install_init_file(settings, job.id, init_source)
         session.commit()
     except IntegrityError:
         session.rollback()
+        if init_source is not None and job.id:
+            shutil.rmtree(Path(settings.storage_dir) / "checkpoints" / job.id, ignore_errors=True)
         if idempotency_key is None:
             raise
         existing = repo.get_job_by_idempotency_key(session, user.id, idempotency_key)

@@ -5,8 +5,13 @@ from __future__ import annotations
 import torch
 
 from celif_core.functional import CE_MODES, neuron_scan
+from celif_core.spec import CE_TIMINGS
 
-CASES = [("lif", "none"), ("alif", "spike"), ("plif", "none")] + [("celif", m) for m in CE_MODES]
+# (neuron, ce_mode, ce_timing): every celif ce_mode under both timings
+CASES = [("lif", "none", "current"), ("alif", "spike", "current"), ("plif", "none", "current")]
+CASES += [("celif", m, timing) for m in CE_MODES for timing in CE_TIMINGS]
+# the ce_modes whose kernels differ between the timings (the others never read U)
+TIMED_MODES = ("membrane", "membrane_te")
 TOL = {torch.float32: dict(rtol=1e-5, atol=1e-5), torch.float64: dict(rtol=1e-10, atol=1e-12)}
 
 

@@ -158,6 +158,29 @@ def test_exact_resume(tmp_path, task, params, extra):
     assert second.step == straight.step == 2 * n
 
 
+def test_exact_resume_with_epoch_budget_and_step_schedule(tmp_path, mnist_dir, monkeypatch):
+    """max_epochs + the step schedule, stopped mid-run (in epoch 1, after one lr step): the
+    resumed run's losses, lr per step and final metrics are the straight run's exactly."""
+    monkeypatch.setenv("CELIF_MNIST_DIR", str(mnist_dir))
+    training = {
+        "max_steps": None, "max_epochs": 4, "batch_size": 16, "lr": 0.01, "eval_every": 3,
+        "checkpoint_every": 4, "lr_schedule": "step", "lr_step_epochs": 1, "lr_gamma": 0.5,
+        "eval_batch_size": 500,
+    }  # fmt: skip
+    spec = make_spec("seq_mnist", hidden=[6], train_subset=40, val_size=100, training=training)
+    assert spec.total_steps == 10
+    _, straight, rec_straight = _train(spec, tmp_path / "straight")
+    rec_first = StopAt(4)
+    _, first, _ = _train(spec, tmp_path / "split", callbacks=rec_first)
+    assert first.status == "stopped" and first.checkpoints[-1].step == 4
+    trainer, second, rec_second = _train(
+        spec, tmp_path / "split", resume_from=first.checkpoints[-1].path
+    )
+    assert rec_first.losses() + rec_second.losses() == rec_straight.losses()
+    assert second.metrics == straight.metrics and second.step == straight.step == 10
+    assert trainer.optimizer.param_groups[0]["lr"] == 0.01 * 0.5**3  # step 9 is in epoch 3
+
+
 def test_resume_rejects_a_checkpoint_of_another_model(tmp_path):
     spec = make_spec("adding", seq_len=12, training={"max_steps": 1})
     _, result, _ = _train(spec, tmp_path)

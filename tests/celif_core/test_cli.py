@@ -40,6 +40,14 @@ def test_progress_bar_runs(tmp_path, capsys):
     assert "step" in captured.err  # tqdm writes to stderr
 
 
+def test_neuroseqbench_reading_flags_reach_the_spec():
+    from celif_core.cli import build_parser, spec_from_args
+
+    argv = ["--ce-timing", "previous", "--te-init-mean", "0.01", "--te-init-std", "0.01"]
+    np_ = spec_from_args(build_parser().parse_args(argv))["model"]["neuron_params"]
+    assert np_ == {"ce_timing": "previous", "te_init_mean": 0.01, "te_init_std": 0.01}
+
+
 def test_bad_flag_value_names_the_flag(capsys):
     with pytest.raises(SystemExit) as err:
         main(["--task", "adding", "--max-steps", "many"])

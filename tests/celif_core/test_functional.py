@@ -87,6 +87,108 @@ def test_celif_golden_trajectory(backend):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+def test_celif_previous_timing_golden_trajectory(backend):
+    # ce_timing "previous" (neuroseqbench's reading), worked by hand: alpha=0.5, rho=0.5,
+    # theta0=0.5, eta[t] = rho*eta[t-1] + U[t-1]*TE[t] with U[t-1] BEFORE its reset, U[-1]=0:
+    # t  I     TE    U      eta                          theta     v         S
+    # 0  0.25  0.5   0.25   0.5*0     + 0*0.5     = 0        0.5       -0.25     0
+    # 1  0.5   0.25  0.625  0.5*0     + 0.25*0.25 = 0.0625   0.5625    0.0625    1
+    # 2  0.5   -0.5  0.5    0.5*0.0625 + 0.625*-0.5 = -0.28125 0.21875 0.28125   1
+    # 3  0.75  0.5   0.75   0.5*-0.28125 + 0.5*0.5  = 0.109375 0.609375 0.140625 1
+    # (the reset after t=1 zeroes the membrane step 2 starts from, U[2] = 0 + I[2], but eta[2]
+    # reads the pre-reset 0.625; with the post-reset 0 theta[2] would be 0.53125 and S[2] = 0.
+    # Under "current" the spikes are 0, 0, 1, 1.)
+    current = torch.tensor([0.25, 0.5, 0.5, 0.75]).reshape(4, 1, 1)
+    te = torch.tensor([0.5, 0.25, -0.5, 0.5]).reshape(4, 1)
+    p = dict(alpha=0.5, rho=0.5, theta0=0.5, surrogate_width=1.0, ce_timing="previous")
+    r = neuron_scan(current, neuron="celif", params=p, te=te, traces=True,
+                    backend=_backend(backend))  # fmt: skip
+    assert r.spikes.flatten().tolist() == [0.0, 1.0, 1.0, 1.0]
+    assert r.u.flatten().tolist() == [0.25, 0.625, 0.5, 0.75]
+    assert r.theta.flatten().tolist() == [0.5, 0.5625, 0.21875, 0.609375]
+    assert r.state.eta.item() == 0.109375
+    assert r.state.u.item() == 0.75 and r.state.s.item() == 1.0
+    now = neuron_scan(current, neuron="celif", params={**p, "ce_timing": "current"}, te=te)
+    assert now.spikes.flatten().tolist() == [0.0, 0.0, 1.0, 1.0]
+
+
+def _python_celif(current, te, mode, timing, *, alpha, rho, theta0, u0=0.0, s0=0.0, eta0=0.0):
+    """DESIGN.md section 3 / the issue-9 contract on plain Python floats, one neuron: spikes and
+    thetas. Written apart from the implementation, as the equations read."""
+    u, s, eta, spikes, thetas = u0, s0, eta0, [], []
+    for i_t, te_t in zip(current, te, strict=True):
+        u_before = u  # U[t-1] as step t-1 left it: before its reset
+        u = alpha * u * (1 - s) + i_t
+        u_ce = u_before if timing == "previous" else u
+        ce = {
+            "none": 0.0,
+            "spike": s,
+            "membrane": u_ce,
+            "te": te_t,
+            "spike_te": s * te_t,
+            "membrane_te": u_ce * te_t,
+        }[mode]
+        eta = rho * eta + ce
+        theta = theta0 + eta
+        s = 1.0 if u - theta >= 0 else 0.0
+        spikes.append(s)
+        thetas.append(theta)
+    return spikes, thetas
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("timing", ["current", "previous"])
+@pytest.mark.parametrize("ce_mode", CE_MODES)
+def test_celif_matches_python_float_loop(backend, ce_mode, timing):
+    # every ce_mode in both timings against the equations on Python floats, from a carried state
+    g = torch.Generator().manual_seed(7)
+    T, B, N = 12, 2, 3
+    x = torch.randn(T, B, N, generator=g, dtype=torch.float64) * 0.6 + 0.25
+    te = torch.randn(T, N, generator=g, dtype=torch.float64) * 0.5
+    st = NeuronState(
+        torch.rand(B, N, generator=g, dtype=torch.float64),
+        (torch.rand(B, N, generator=g) > 0.5).double(),
+        torch.rand(B, N, generator=g, dtype=torch.float64) * 0.1,
+    )
+    p = dict(alpha=0.5, rho=0.9, theta0=0.3, surrogate_width=1.0, ce_mode=ce_mode)
+    p["ce_timing"] = timing
+    r = neuron_scan(x, neuron="celif", params=p, te=te, state=st, traces=True,
+                    backend=_backend(backend))  # fmt: skip
+    for b in range(B):
+        for n in range(N):
+            spikes, thetas = _python_celif(
+                x[:, b, n].tolist(), te[:, n].tolist(), ce_mode, timing,
+                alpha=0.5, rho=0.9, theta0=0.3,
+                u0=st.u[b, n].item(), s0=st.s[b, n].item(), eta0=st.eta[b, n].item(),
+            )  # fmt: skip
+            assert r.spikes[:, b, n].tolist() == spikes
+            torch.testing.assert_close(r.theta[:, b, n], torch.tensor(thetas).double())
+
+
+def test_celif_previous_timing_gradcheck(monkeypatch):
+    # finite differences against the reference's backward through the "previous" recurrence;
+    # a smooth spike stands in for the Heaviside (whose true derivative is 0 almost everywhere)
+    from celif_core.functional import reference
+
+    monkeypatch.setattr(reference, "spike_fn", lambda v, width: torch.sigmoid(v / width))
+    g = torch.Generator().manual_seed(8)
+    x = (torch.randn(5, 2, 3, generator=g, dtype=torch.float64) * 0.5).requires_grad_()
+    te = (torch.randn(5, 3, generator=g, dtype=torch.float64) * 0.5).requires_grad_()
+    alpha = torch.tensor([0.3, 0.5, 0.7], dtype=torch.float64, requires_grad=True)
+    st = NeuronState(*(torch.rand(2, 3, generator=g, dtype=torch.float64) for _ in range(3)))
+
+    for mode in ("membrane_te", "membrane", "spike_te"):
+
+        def f(x, te, alpha, mode=mode):
+            p = dict(alpha=alpha, rho=0.9, theta0=0.3, surrogate_width=0.5, ce_mode=mode)
+            p["ce_timing"] = "previous"
+            return neuron_scan(x, neuron="celif", params=p, te=te, state=st,
+                               backend="reference").spikes  # fmt: skip
+
+        assert torch.autograd.gradcheck(f, (x, te, alpha))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_alif_golden_trajectory(backend):
     # alpha=0.5, rho=0.5, beta=1, theta0=0.25, I=0.5 every step:
     # t0: U=0.5  eta=0    theta=0.25 S=1 | t1: U=0.5 (reset) eta=0.5 theta=0.75 S=0
@@ -157,15 +259,16 @@ def test_active_backend_reports():
 
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize(
-    "neuron,ce_mode",
-    [("lif", "none"), ("alif", "spike"), ("plif", "none")] + [("celif", m) for m in CE_MODES],
+    "neuron,ce_mode,ce_timing",
+    [("lif", "none", "current"), ("alif", "spike", "current"), ("plif", "none", "current")]
+    + [("celif", m, t) for m in CE_MODES for t in ("current", "previous")],
 )
-def test_state_carry_equals_one_scan(backend, neuron, ce_mode):
+def test_state_carry_equals_one_scan(backend, neuron, ce_mode, ce_timing):
     torch.manual_seed(1)
     T, k = 16, 7
     x = torch.randn(T, 2, 6, dtype=torch.float64) * 0.6 + 0.2
     te = torch.randn(T, 6, dtype=torch.float64) * 0.3
-    p = _params(neuron, ce_mode)
+    p = _params(neuron, ce_mode, ce_timing=ce_timing)
     kw = dict(neuron=neuron, params=p, traces=True, backend=_backend(backend))
     full = neuron_scan(x, te=te, **kw)
     first = neuron_scan(x[:k], te=te[:k], **kw)
@@ -246,6 +349,7 @@ def test_bad_inputs_raise_value_errors_naming_the_argument():
         (dict(current=x[:0], neuron="lif", params=p), "current"),
         (dict(current=x, neuron="gru", params=p), "neuron"),
         (dict(current=x, neuron="celif", params={**p, "ce_mode": "bogus"}, te=te), "ce_mode"),
+        (dict(current=x, neuron="celif", params={**p, "ce_timing": "next"}, te=te), "ce_timing"),
         (dict(current=x, neuron="celif", params=p, te=None), "te"),
         (dict(current=x, neuron="celif", params=p, te=torch.randn(3, 3)), "te"),
         (dict(current=x, neuron="celif", params=p, te=torch.randn(4, 5)), "te"),

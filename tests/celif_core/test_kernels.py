@@ -8,27 +8,30 @@ import torch
 
 import celif_core.kernels as kernels
 from celif_core.functional import CE_MODES, NeuronState, fused_available, neuron_scan
+from celif_core.spec import CE_TIMINGS
 
-from .kernel_cases import CASES, assert_same, inputs, run
+from .kernel_cases import CASES, TIMED_MODES, assert_same, inputs, run
 
 pytestmark = pytest.mark.skipif(not fused_available(), reason="fused CPU kernel unavailable")
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("detach_reset", [False, True])
-@pytest.mark.parametrize("neuron,ce_mode", CASES)
-def test_fused_matches_reference(neuron, ce_mode, detach_reset, dtype):
+@pytest.mark.parametrize("neuron,ce_mode,ce_timing", CASES)
+def test_fused_matches_reference(neuron, ce_mode, ce_timing, detach_reset, dtype):
     x, te, alpha = inputs(neuron, dtype)
     p = dict(alpha=alpha, rho=0.9, theta0=0.3, beta=1.8, surrogate_width=0.5)
-    p.update(ce_mode=ce_mode, detach_reset=detach_reset)
+    p.update(ce_mode=ce_mode, ce_timing=ce_timing, detach_reset=detach_reset)
     assert_same(run("reference", x, te, neuron, p), run("fused", x, te, neuron, p), dtype)
 
 
 @pytest.mark.parametrize("memory", ["save", "recompute"])
+@pytest.mark.parametrize("ce_timing", CE_TIMINGS)
 @pytest.mark.parametrize("ce_mode", CE_MODES)
-def test_recompute_memory_mode_matches(ce_mode, memory):
+def test_recompute_memory_mode_matches(ce_mode, ce_timing, memory):
     x, te, _ = inputs("celif", torch.float32, seed=1)
     p = dict(alpha=0.5, rho=0.99, theta0=0.3, surrogate_width=0.5, ce_mode=ce_mode)
+    p["ce_timing"] = ce_timing
     ref = run("reference", x, te, "celif", p)
     fused = run("fused", x, te, "celif", p, memory=memory)
     assert_same(ref, fused, torch.float32)
@@ -44,16 +47,24 @@ def test_plif_alpha_gradient_shapes(per_neuron):
     assert fused[1][2].abs().sum() > 0
 
 
-def test_state_carry_and_no_grad_into_state():
+@pytest.mark.parametrize("memory", ["save", "recompute"])
+@pytest.mark.parametrize("ce_timing", CE_TIMINGS)
+@pytest.mark.parametrize("ce_mode", TIMED_MODES)
+def test_state_carry_and_no_grad_into_state(ce_mode, ce_timing, memory):
+    # a carried state (as between truncated-BPTT chunks or streamed predict calls): under
+    # "previous" the first step's CE reads the state's U, so outputs and grads depend on it
     x, te, _ = inputs("celif", torch.float32, seed=3)
     g = torch.Generator().manual_seed(4)
     st = NeuronState(*(torch.rand(5, 13, generator=g).requires_grad_() for _ in range(3)))
     st = st._replace(s=(st.s > 0.5).float())
     p = dict(alpha=0.5, rho=0.9, theta0=0.3, surrogate_width=0.5)
-    r1 = neuron_scan(x, neuron="celif", params=p, te=te, state=st, backend="reference")
-    r2 = neuron_scan(x, neuron="celif", params=p, te=te, state=st, backend="fused")
-    assert torch.equal(r1.spikes, r2.spikes)
-    (r1.spikes.sum() + r2.spikes.sum()).backward()
+    p.update(ce_mode=ce_mode, ce_timing=ce_timing)
+    ref = run("reference", x, te, "celif", p, state=st)
+    fused = run("fused", x, te, "celif", p, state=st, memory=memory)
+    assert_same(ref, fused, torch.float32)
+    for backend in ("reference", "fused"):
+        r = neuron_scan(x, neuron="celif", params=p, te=te, state=st, backend=backend)
+        r.spikes.sum().backward()
     assert all(t.grad is None for t in st)
 
 

@@ -22,8 +22,9 @@ import triton
 
 import celif_core.kernels as kernels
 from celif_core.functional import NeuronState, active_backend, neuron_scan
+from celif_core.spec import CE_TIMINGS
 
-from .kernel_cases import CASES, assert_same, inputs, run
+from .kernel_cases import CASES, TIMED_MODES, assert_same, inputs, run
 
 MODULE = "celif_core.kernels.scan_triton"
 
@@ -60,19 +61,21 @@ def interpreter():
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("detach_reset", [False, True])
-@pytest.mark.parametrize("neuron,ce_mode", CASES)
-def test_triton_matches_reference(interpreter, neuron, ce_mode, detach_reset, dtype):
+@pytest.mark.parametrize("neuron,ce_mode,ce_timing", CASES)
+def test_triton_matches_reference(interpreter, neuron, ce_mode, ce_timing, detach_reset, dtype):
     x, te, alpha = inputs(neuron, dtype, T=16, B=3, N=11)
     p = dict(alpha=alpha, rho=0.9, theta0=0.3, beta=1.8, surrogate_width=0.5)
-    p.update(ce_mode=ce_mode, detach_reset=detach_reset)
+    p.update(ce_mode=ce_mode, ce_timing=ce_timing, detach_reset=detach_reset)
     assert_same(run("reference", x, te, neuron, p), run("triton", x, te, neuron, p), dtype)
 
 
 @pytest.mark.parametrize("memory", ["save", "recompute"])
-@pytest.mark.parametrize("ce_mode", ["membrane_te", "spike"])
-def test_triton_memory_modes(interpreter, ce_mode, memory):
+@pytest.mark.parametrize("ce_timing", CE_TIMINGS)
+@pytest.mark.parametrize("ce_mode", ["membrane_te", "membrane", "spike"])
+def test_triton_memory_modes(interpreter, ce_mode, ce_timing, memory):
     x, te, _ = inputs("celif", torch.float32, T=16, B=3, N=11, seed=1)
     p = dict(alpha=0.5, rho=0.99, theta0=0.3, surrogate_width=0.5, ce_mode=ce_mode)
+    p["ce_timing"] = ce_timing
     ref = run("reference", x, te, "celif", p)
     assert_same(ref, run("triton", x, te, "celif", p, memory=memory), torch.float32)
 
@@ -86,20 +89,26 @@ def test_triton_plif_alpha_gradient(interpreter, per_neuron):
     assert tri[1][2].shape == alpha.shape and tri[1][2].abs().sum() > 0
 
 
-def test_triton_blocks_and_state_carry(interpreter):
+@pytest.mark.parametrize("ce_timing", CE_TIMINGS)
+@pytest.mark.parametrize("ce_mode", TIMED_MODES)
+def test_triton_blocks_and_state_carry(interpreter, ce_mode, ce_timing):
     # B*N = 300 spans three 128-element program blocks, the last one partly masked
     x, te, _ = inputs("celif", torch.float32, T=10, B=4, N=75, seed=3)
     g = torch.Generator().manual_seed(4)
     st = NeuronState(*(torch.rand(4, 75, generator=g) for _ in range(3)))
     st = st._replace(s=(st.s > 0.5).float())
     p = dict(alpha=0.5, rho=0.9, theta0=0.3, surrogate_width=0.5)
+    p.update(ce_mode=ce_mode, ce_timing=ce_timing)
     r1 = neuron_scan(x, neuron="celif", params=p, te=te, state=st, backend="reference")
     r2 = neuron_scan(x, neuron="celif", params=p, te=te, state=st, backend="triton")
     assert torch.equal(r1.spikes, r2.spikes)
     for a, b in zip(r1.state, r2.state, strict=True):
         torch.testing.assert_close(a, b)
-    gx1, gt1 = torch.autograd.grad(r1.spikes.sum(), [x, te])
-    gx2, gt2 = torch.autograd.grad(r2.spikes.sum(), [x, te])
+    gx1, gt1 = torch.autograd.grad(r1.spikes.sum(), [x, te], allow_unused=True)
+    gx2, gt2 = torch.autograd.grad(r2.spikes.sum(), [x, te], allow_unused=True)
+    if ce_mode == "membrane":  # the reference never reads te here; the kernel's grad is 0
+        gt1 = torch.zeros_like(te) if gt1 is None else gt1
+        gt2 = torch.zeros_like(te) if gt2 is None else gt2
     torch.testing.assert_close(gx1, gx2)
     torch.testing.assert_close(gt1, gt2)
 
@@ -170,15 +179,16 @@ def compiled_module():
 
 
 @pytest.mark.parametrize("dtype", ["fp32", "fp64"])
-@pytest.mark.parametrize("mode", range(6))
+@pytest.mark.parametrize("mode", range(8))
 def test_kernels_compile_for_hopper_without_fma(compiled_module, mode, dtype):
     fwd, bwd = compiled_module._forward_kernel, compiled_module._backward_kernel
-    te = mode >= 3
+    te = mode in kernels.TE_MODE_IDS
+    common = dict(MODE=mode, USES_TE=te, BLOCK=128)
     variants = [
-        (fwd, dict(MODE=mode, SAVE=True, THETA=True, BLOCK=128)),
-        (fwd, dict(MODE=mode, SAVE=False, THETA=False, BLOCK=128)),
-        (bwd, dict(MODE=mode, DETACH_RESET=False, NEED_TE=te, NEED_ALPHA=True, BLOCK=128)),
-        (bwd, dict(MODE=mode, DETACH_RESET=True, NEED_TE=False, NEED_ALPHA=False, BLOCK=128)),
+        (fwd, dict(SAVE=True, THETA=True, **common)),
+        (fwd, dict(SAVE=False, THETA=False, **common)),
+        (bwd, dict(DETACH_RESET=False, NEED_TE=te, NEED_ALPHA=True, **common)),
+        (bwd, dict(DETACH_RESET=True, NEED_TE=False, NEED_ALPHA=False, **common)),
     ]
     for kernel, constants in variants:
         ptx = _compile_ptx(kernel, dtype, constants, arch=90)
@@ -189,13 +199,14 @@ def test_kernels_compile_for_hopper_without_fma(compiled_module, mode, dtype):
 
 def test_fp_fusion_check_can_fail(compiled_module):
     # the same backward with fusion allowed does contract into FMAs: the check above has teeth
-    constants = dict(MODE=5, DETACH_RESET=False, NEED_TE=True, NEED_ALPHA=True, BLOCK=128)
+    constants = dict(MODE=5, USES_TE=True, DETACH_RESET=False, NEED_TE=True, NEED_ALPHA=True)
+    constants["BLOCK"] = 128
     ptx = _compile_ptx(compiled_module._backward_kernel, "fp32", constants, 90, fp_fusion=True)
     assert "fma.rn" in ptx
 
 
 def test_kernels_compile_for_ampere(compiled_module):
-    constants = dict(MODE=5, SAVE=True, THETA=False, BLOCK=128)
+    constants = dict(MODE=5, USES_TE=True, SAVE=True, THETA=False, BLOCK=128)
     assert "fma.rn" not in _compile_ptx(compiled_module._forward_kernel, "fp32", constants, 80)
 
 
@@ -206,13 +217,14 @@ cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GP
 
 @cuda
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-@pytest.mark.parametrize("neuron,ce_mode", CASES)
-def test_cuda_fused_matches_reference(compiled_module, neuron, ce_mode, dtype):
+@pytest.mark.parametrize("neuron,ce_mode,ce_timing", CASES)
+def test_cuda_fused_matches_reference(compiled_module, neuron, ce_mode, ce_timing, dtype):
     x, te, alpha = inputs(neuron, dtype, T=64, B=16, N=97)
     x, te = (t.detach().cuda().requires_grad_() for t in (x, te))
     if isinstance(alpha, torch.Tensor):
         alpha = alpha.detach().cuda().requires_grad_()
     p = dict(alpha=alpha, rho=0.9, theta0=0.3, beta=1.8, surrogate_width=0.5, ce_mode=ce_mode)
+    p["ce_timing"] = ce_timing
     assert_same(run("reference", x, te, neuron, p), run("fused", x, te, neuron, p), dtype)
 
 

@@ -127,6 +127,36 @@ def test_te_init_std_and_per_layer_tables():
     assert not hasattr(model, "te")
 
 
+@pytest.mark.parametrize("architecture", ["feedforward", "recurrent"])
+def test_previous_timing_streams_and_differs(architecture):
+    # neuroseqbench's reading end to end: TE ~ N(0.01, 0.01^2), streaming in chunks equals one
+    # shot (the carried state holds the pre-reset U the next chunk's first step reads), and the
+    # output differs from the "current" reading with the same weights
+    np_ = {"ce_timing": "previous", "te_init_mean": 0.01, "te_init_std": 0.01}
+    spec = make_spec("adding", seq_len=40, architecture=architecture, hidden=[32, 24],
+                     neuron_params=np_)  # fmt: skip
+    torch.manual_seed(0)
+    model = build_model(spec).eval()
+    assert abs(float(model.te.detach().mean()) - 0.01) < 0.002
+    assert abs(float(model.te.detach().std()) - 0.01) < 0.002
+    x = torch.rand(4, 40, spec.input_size)
+    with torch.no_grad():
+        full = model(x)
+        state, outs = model.initial_state(4), []
+        for chunk in torch.split(x, 7, dim=1):
+            out, state = model.forward_chunk(chunk, state)
+            outs.append(out)
+        torch.testing.assert_close(outs[-1], full, rtol=1e-5, atol=1e-5)
+    torch.manual_seed(0)  # the same weights under the other reading
+    np_now = {**np_, "ce_timing": "current"}
+    spec_now = make_spec("adding", seq_len=40, architecture=architecture, hidden=[32, 24],
+                         neuron_params=np_now)  # fmt: skip
+    now = build_model(spec_now).eval()
+    assert torch.equal(now.te, model.te)
+    with torch.no_grad():
+        assert not torch.allclose(now(x), full)
+
+
 def test_te_only_for_te_modes():
     for mode, has_te in (("membrane_te", True), ("spike", False), ("none", False), ("te", True)):
         model = build_model(make_spec("adding", seq_len=10, neuron_params={"ce_mode": mode}))
@@ -168,6 +198,10 @@ def test_sequence_longer_than_te_table_is_rejected():
         (
             {"task": {"name": "adding"}, "model": {"neuron_params": {"ce_mode": "bogus"}}},
             "model.neuron_params.ce_mode",
+        ),
+        (
+            {"task": {"name": "adding"}, "model": {"neuron_params": {"ce_timing": "next"}}},
+            "model.neuron_params.ce_timing",
         ),
         ({"task": {"name": "adding", "params": {"seq_len": -5}}}, "task.params.seq_len"),
         ({"task": {"name": "adding"}, "model": {"hidden": [0]}}, "model.hidden.0"),

@@ -87,6 +87,18 @@ def test_plif_learns_its_decay():
     assert plif.alpha_logit.grad.abs().sum() > 0
 
 
+def test_celif_previous_timing_and_te_init_mean():
+    torch.manual_seed(0)
+    mod = CELIF(6, te_steps=400, ce_timing="previous", te_init_mean=0.5, te_init_std=0.01)
+    assert abs(float(mod.te.detach().mean()) - 0.5) < 0.01
+    assert "ce_timing='previous'" in repr(mod)
+    x, te = _x(), torch.randn(10, 6) * 0.3
+    p = mod._params()
+    assert p["ce_timing"] == "previous"
+    ref = neuron_scan(x, neuron="celif", params=p, te=te, backend="reference")
+    assert torch.equal(mod(x, te=te).spikes, ref.spikes)
+
+
 def test_celif_te_gradient_through_module():
     mod = CELIF(6, te_steps=10)
     mod(_x()).spikes.sum().backward()
@@ -96,6 +108,8 @@ def test_celif_te_gradient_through_module():
 def test_module_validation():
     with pytest.raises(ValueError, match="ce_mode"):
         CELIF(4, ce_mode="foo")
+    with pytest.raises(ValueError, match="ce_timing"):
+        CELIF(4, ce_timing="foo")
     with pytest.raises(ValueError, match="size"):
         LIF(0)
     with pytest.raises(ValueError, match="surrogate_width"):

@@ -18,6 +18,7 @@ def test_defaults_filled_and_derived_facts():
     p = spec.model.neuron_params
     assert (p.alpha, p.rho, p.theta0, p.ce_mode) == (0.5, 0.99, 0.3, "membrane_te")
     assert p.surrogate_width > 0 and p.te_init_std >= 0
+    assert (p.ce_timing, p.te_init_mean) == ("current", 0.0)
     assert validate_spec(spec.model_dump(mode="json")) == spec  # round-trips (checkpoint metadata)
 
 

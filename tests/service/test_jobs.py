@@ -32,7 +32,9 @@ def test_submit_returns_job_with_defaults_and_enqueues(client, db, redis_db):
     assert job["spec"]["model"]["neuron_params"]["alpha"] == 0.5
     assert job["spec"]["model"]["neuron_params"]["ce_mode"] == "membrane_te"
     assert job["spec"]["training"]["lr"] == 0.0005
-    assert job["progress"] == {"step": 0, "max_steps": 200, "fraction": 0.0}
+    assert job["progress"] == {
+        "step": 0, "max_steps": 200, "fraction": 0.0, "epoch": None, "max_epochs": None
+    }  # fmt: skip
     assert job["attempts"] == 0 and job["error"] is None
     assert job["links"]["events"] == f"/api/v1/jobs/{job['id']}/events"
     # a message for the worker, carrying only the id
@@ -86,6 +88,42 @@ def test_bad_spec_is_422_naming_the_field_and_nothing_is_queued(client, db, redi
     assert detail[0]["msg"] and detail[0]["type"]
     assert job_count(db) == 0
     assert redis_db.llen("celif") == before
+
+
+def test_epoch_budget_job_reports_steps_and_epochs(client, db):
+    spec = {
+        "task": {"name": "seq_mnist", "params": {"val_size": 1000}},
+        "training": {"max_epochs": 2, "lr_schedule": "step", "lr_step_epochs": 1},
+    }
+    r = client.post("/api/v1/jobs", json=spec)
+    assert r.status_code == 201, r.text
+    job = r.json()
+    assert job["spec"]["training"]["max_steps"] is None
+    assert job["progress"] == {
+        "step": 0,
+        "max_steps": 461,
+        "fraction": 0.0,
+        "epoch": 0.0,
+        "max_epochs": 2,
+    }  # fmt: skip  (ceil(2 * 59000 / 256) = 461)
+    dry = client.post("/api/v1/jobs:validate", json=spec).json()
+    assert dry["estimate"]["total_steps"] == 461 and dry["estimate"]["train_size"] == 59000
+
+
+@pytest.mark.parametrize(
+    ("task", "training", "field"),
+    [
+        ("seq_mnist", {"max_steps": 10, "max_epochs": 2}, "max_epochs"),
+        ("adding", {"max_epochs": 2}, "max_epochs"),
+        ("copy_memory", {"lr_schedule": "step"}, "lr_schedule"),
+    ],
+)
+def test_budget_errors_are_422_naming_the_field(client, db, task, training, field):
+    before = job_count(db)
+    r = client.post("/api/v1/jobs", json={"task": {"name": task}, "training": training})
+    assert r.status_code == 422, r.text
+    assert r.json()["detail"][0]["loc"] == ["body", "training", field]
+    assert job_count(db) == before
 
 
 def test_non_object_body_is_422(client, db):

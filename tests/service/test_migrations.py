@@ -12,7 +12,8 @@ from service.db.models import Base
 
 from .conftest import create_pg_database, drop_pg_database
 
-TABLES = {"users", "api_tokens", "jobs", "job_events", "checkpoints", "datasets"}
+TABLES = {"users", "api_tokens", "jobs", "job_events", "checkpoints", "datasets",
+          "uploaded_checkpoints"}  # fmt: skip
 
 
 def test_one_head():

@@ -8,7 +8,7 @@ const TOKEN_KEY = "celif_token";
 const MNIST_TASKS = ["seq_mnist", "ps_mnist"];
 const TRAINING_ENUMS = {
   optimizer: ["adam", "adamw", "sgd"],
-  lr_schedule: ["constant", "cosine"],
+  lr_schedule: ["constant", "cosine", "step"],
   device: ["auto", "cpu", "cuda"],
   backend: ["auto", "fused", "reference"],
   memory: ["auto", "store", "recompute"],

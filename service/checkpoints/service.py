@@ -1,0 +1,164 @@
+"""Uploaded checkpoints (`POST /api/v1/checkpoints`) and the `init_from` of a job spec.
+
+An upload is streamed to a temp file with the upload size limit, checked to be a safetensors
+file written by this service (its `celif` metadata holds a spec that validates and a step), then
+renamed to `uploads/<id>.safetensors` and recorded with its sha256 in one transaction. A refused
+upload leaves no file and no row.
+
+`init_from` is resolved at submission: the source (a job of the same user and one of its
+checkpoints, or an upload of the same user) must exist and have the new spec's model section;
+its file is copied into the new job's checkpoint directory (`INIT_FILE`), so the source's
+retention or deletion cannot take it away from a queued job.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import uuid
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from safetensors import SafetensorError, safe_open
+from sqlalchemy.orm import Session
+
+from celif_core.spec import JobSpec, SpecError, validate_spec
+from service.datasets.service import _copy_limited
+from service.db.models import UploadedCheckpoint, User, new_id
+from service.errors import NotFound, Unprocessable
+from service.jobs import service as jobs
+from service.settings import Settings
+
+METADATA_KEY = "celif"  # celif_core.checkpoint.METADATA_KEY (that module imports torch)
+INIT_FILE = "init_from.safetensors"
+
+
+def _uploads_dir(settings: Settings) -> Path:
+    path = Path(settings.storage_dir) / "uploads"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _inspect(path: Path) -> dict[str, Any]:
+    """The checkpoint's metadata (spec validated), or Unprocessable naming `file`."""
+
+    def refuse(why: str) -> Unprocessable:
+        return Unprocessable(
+            f"not a checkpoint written by this service: {why}", loc=("body", "file")
+        )
+
+    try:
+        with safe_open(str(path), framework="numpy") as f:
+            raw = (f.metadata() or {}).get(METADATA_KEY)
+            names = list(f.keys())
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise refuse(f"not a safetensors file ({exc})") from None
+    if raw is None:
+        raise refuse(f"no {METADATA_KEY!r} metadata")
+    try:
+        meta = json.loads(raw)
+        spec = validate_spec(meta["spec"])
+        step = int(meta["step"])
+    except SpecError as exc:
+        raise refuse(f"its spec does not validate ({exc})") from None
+    except (ValueError, KeyError, TypeError) as exc:
+        raise refuse(f"metadata without a spec and step ({exc})") from None
+    if not any(n.startswith("model.") for n in names):
+        raise refuse("no model weights")
+    return {"spec": spec.to_dict(), "step": step}
+
+
+def create_upload(
+    session: Session, user: User, settings: Settings, *, upload: BinaryIO, name: str
+) -> UploadedCheckpoint:
+    root = _uploads_dir(settings)
+    tmp = root / f".upload-{uuid.uuid4().hex}.tmp"
+    final: Path | None = None
+    try:
+        with open(tmp, "wb") as fh:
+            size, sha256 = _copy_limited(upload, fh, settings.max_upload_bytes)
+            fh.flush()
+            os.fsync(fh.fileno())
+        facts = _inspect(tmp)
+        ckpt_id = new_id()
+        final = root / f"{ckpt_id}.safetensors"
+        row = UploadedCheckpoint(
+            id=ckpt_id,
+            owner_id=user.id,
+            name=name[:200],
+            path=final.relative_to(Path(settings.storage_dir)).as_posix(),
+            size=size,
+            sha256=sha256,
+            step=facts["step"],
+            spec=facts["spec"],
+        )
+        session.add(row)
+        session.flush()
+        os.replace(tmp, final)
+        session.commit()
+        return row
+    except BaseException:
+        session.rollback()
+        tmp.unlink(missing_ok=True)
+        if final is not None:
+            final.unlink(missing_ok=True)
+        raise
+
+
+def get_owned_upload(session: Session, user: User, ckpt_id: str) -> UploadedCheckpoint:
+    row = session.get(UploadedCheckpoint, ckpt_id)
+    if row is None or row.owner_id != user.id:
+        raise NotFound(f"no uploaded checkpoint with id {ckpt_id!r}")
+    return row
+
+
+def resolve_init_from(
+    session: Session, user: User, settings: Settings, spec: JobSpec
+) -> Path | None:
+    """The source file of `spec.init_from` (None without one), after checking that the user
+    owns the source and that its model section is the spec's. Unknown or foreign sources are
+    422 naming `init_from` with a "not found" message (as a 404 would say)."""
+    src = spec.init_from
+    if src is None:
+        return None
+    where = ("init_from", "job") if src.job is not None else ("init_from", "upload")
+    try:
+        if src.job is not None:
+            job = jobs.get_owned_job(session, user, src.job)
+            _, path = jobs.resolve_checkpoint(
+                session, job, src.checkpoint, storage_dir=settings.storage_dir
+            )
+            source_spec = job.spec
+        else:
+            row = get_owned_upload(session, user, src.upload)
+            path = Path(settings.storage_dir) / row.path
+            if not path.is_file():
+                raise NotFound(
+                    f"uploaded checkpoint {row.id} is registered but its file is missing"
+                )
+            source_spec = row.spec
+    except NotFound as exc:
+        raise Unprocessable(f"not found: {exc}", loc=("body", *where)) from None
+    theirs = validate_spec(source_spec).model
+    if theirs != spec.model:
+        ours = spec.model.model_dump(mode="json")
+        other = theirs.model_dump(mode="json")
+        diff = [k for k in ours if ours[k] != other.get(k)]
+        raise Unprocessable(
+            f"the model section must match the source checkpoint's; it differs in "
+            f"{', '.join('model.' + k for k in diff)} (source: "
+            f"{ {k: other.get(k) for k in diff} })",
+            loc=("body", "init_from"),
+        )
+    return path
+
+
+def install_init_file(settings: Settings, job_id: str, source: Path) -> Path:
+    """Copy the source checkpoint to the new job's directory (atomically)."""
+    directory = Path(settings.storage_dir) / "checkpoints" / job_id
+    directory.mkdir(parents=True, exist_ok=True)
+    tmp = directory / f".{INIT_FILE}.{uuid.uuid4().hex}.tmp"
+    shutil.copyfile(source, tmp)
+    os.replace(tmp, directory / INIT_FILE)
+    return directory / INIT_FILE
