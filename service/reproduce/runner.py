@@ -138,7 +138,11 @@ def run(opts: Options, stream: TextIO = sys.stderr) -> int:
 
         rc = 0
         if opts.follow:
+            followed = [e for e in entries if e.job and e.job["status"] not in plan.FINISHED]
             rc = follow(client, entries, opts, stream)
+            for e in followed:
+                if e.job["status"] in ("failed", "cancelled"):
+                    _say(stream, f"{e.name}: job {e.job['id']} {e.job['status']}; not resubmitted (--resubmit-failed or --continue)")  # fmt: skip
         if opts.save_checkpoints:
             for e in entries:
                 if e.job is not None:
