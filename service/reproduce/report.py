@@ -156,8 +156,10 @@ def fmt_status(job: dict[str, Any], note: str = "") -> str:
         status += f": {_one_line(str(job['error']), 80)}"
     init = (job.get("spec") or {}).get("init_from")
     if init:
-        src = init.get("job") or (f"upload {init.get('upload')}" if init.get("upload") else "?")
-        status += f" (continued from {str(src)[:8]})"
+        if init.get("job"):
+            status += f" (continued from job {str(init['job'])[:8]})"
+        else:
+            status += f" (continued from uploaded checkpoint {str(init.get('upload'))[:8]})"
     if note:
         status += f" [{note}]"
     return status

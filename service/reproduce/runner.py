@@ -386,8 +386,8 @@ def write_report(
             per_table.setdefault(recipe.get("table") or report.NO_TABLE, []).append(
                 (name, report.metric_base(fig.metric), points)
             )
-        elif (out / report.job_plot_path(name)).is_file():
-            job_plots[name] = report.job_plot_path(name)
+        if name not in job_plots and (out / report.job_plot_path(name)).is_file():
+            job_plots[name] = report.job_plot_path(name)  # drawn by an earlier call
         rows.append(report.build_row(recipe, job, points, rs.command, note=note))
     table_plots = {}
     for table, jobs in per_table.items():

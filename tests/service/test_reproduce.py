@@ -275,7 +275,9 @@ def test_row_and_markdown():
     assert row2.ours == "0.0123" and row2.metric == "val_mse" and row2.diff_paper == "+0.0023"
     assert row2.neuroseqbench == "-" and row2.diff_neuroseqbench == "-"
     assert row2.status.startswith("failed: diverged / loss nan at step 3")
-    assert "(continued from abcdef01)" in row2.status and row2.wall == "42 s"
+    assert "(continued from job abcdef01)" in row2.status and row2.wall == "42 s"
+    uploaded = {**failed, "spec": {"init_from": {"job": None, "upload": "0123456789ab"}}}
+    assert "(continued from uploaded checkpoint 01234567)" in report.fmt_status(uploaded)
     row3 = report.build_row({"name": "demo/x", "reference": {}}, None, None, "c3")
     md = report.render_markdown(
         [row, row2, row3],

@@ -168,10 +168,14 @@ def test_reproduce_end_to_end(tmp_path: Path):
         r = reproduce(base2, token2, out, *more, "--continue")
         assert r.returncode == 0, (r.stderr, served2.out.text[-3000:])
         [job] = all_jobs(base2, h2)
-        assert job["status"] == "succeeded" and "upload" in job["spec"]["init_from"], job
+        assert job["status"] == "succeeded" and job["spec"]["init_from"]["upload"], job
+        # it continued the run exactly: the same model as the first service's last job
+        assert job["progress"]["step"] == 2 * STEPS
+        assert job["latest_metrics"]["test_mse"] == second["latest_metrics"]["test_mse"]
         state = json.loads((out / "reproduce-state.json").read_text())
         assert [j["id"] for j in state["recipes"][RECIPE]["jobs"]][-1] == job["id"]
         assert len(state["recipes"][RECIPE]["jobs"]) == 3
         # the first service's cancelled job is still in the report, as last seen there
         row = report_row((out / "reproduce.md").read_text(), PAPER)
         assert row[7].startswith("cancelled") and f"last seen on {base}" in row[7], row
+        assert "(continued from uploaded checkpoint" in report_row((out / "reproduce.md").read_text(), RECIPE)[7]  # fmt: skip
