@@ -148,7 +148,7 @@ def run(opts: Options, stream: TextIO = sys.stderr) -> int:
                 if e.job is not None:
                     _save_checkpoints(client, state, out, e, stream)
             plan.save_state(out, state)
-        path = write_report(client, state, out, catalog, {e.name: e for e in entries}, stream)
+        path = write_report(client, state, out, catalog, {e.name: e for e in entries})
         plan.save_state(out, state)
         _say(stream, f"report: {path}")
         if rc == 0 and any(e.job and e.job["status"] in ("failed", "cancelled") for e in entries):
@@ -357,9 +357,7 @@ def _save_checkpoints(client: Client, state, out: Path, e: Entry, stream: TextIO
 
 
 # ----------------------------------------------------------------------------- report
-def write_report(
-    client: Client, state, out: Path, catalog, entries: dict[str, Entry], stream: TextIO
-) -> Path:
+def write_report(client: Client, state, out: Path, catalog, entries: dict[str, Entry]) -> Path:
     """The report covers every recipe the folder's state file holds, not only this run's."""
     order = [r["name"] for r in catalog]
     names = sorted(state.recipes, key=lambda n: (order.index(n) if n in order else len(order), n))
