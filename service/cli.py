@@ -4,6 +4,7 @@
     celif worker [--data-dir DIR] [--queue celif] [--loglevel INFO]
     celif token create --name NAME [--data-dir DIR]
     celif db upgrade [--data-dir DIR]
+    celif reproduce --recipes NAME|GLOB|SET ... [--url URL] [--token T] [--out DIR] ...
     celif train ...            (the library's trainer without a server: celif_core.cli)
 
 Settings come from CELIF_* environment variables / `.env` (service/settings.py); `--data-dir`
@@ -105,6 +106,38 @@ def cmd_worker(args) -> int:
 
     celery_app.worker_main(argv=worker_argv(args.queue, args.loglevel))
     return 0
+
+
+def cmd_reproduce(args) -> int:
+    """Thin glue: the flow lives in service/reproduce/ (an HTTP client of the service)."""
+    from service.reproduce.api import ApiError
+    from service.reproduce.plan import UsageError
+    from service.reproduce.runner import Options, run
+
+    try:
+        if not args.token:
+            raise UsageError("--token", "no API token: pass --token or set CELIF_TOKEN")
+        opts = Options(
+            url=args.url,
+            token=args.token,
+            out=Path(args.out),
+            recipes=args.recipes or [],
+            overrides=args.override or [],
+            follow=not args.no_follow,
+            quiet_wait=args.wait,
+            resubmit_failed=args.resubmit_failed,
+            cont=args.cont,
+            save_checkpoints=args.save_checkpoints,
+            poll_s=args.poll,
+            timeout_s=args.timeout,
+        )
+        return run(opts)
+    except UsageError as exc:
+        print(f"celif reproduce: error: {exc}", file=sys.stderr)
+        return 2
+    except ApiError as exc:
+        print(f"celif reproduce: error: {exc}", file=sys.stderr)
+        return 1
 
 
 def cmd_train(argv: list[str]) -> int:
@@ -346,8 +379,122 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name", nargs="?", help="print this recipe as JSON")
     p.set_defaults(func=cmd_recipes)
 
+    _add_reproduce(sub)
     sub.add_parser("train", help="train a spec locally without a server (celif train --help)")
     return parser
+
+
+REPRODUCE_EPILOG = """\
+Restartable: the output folder's reproduce-state.json (recipe -> job ids, URL) and the jobs
+named reproduce:<recipe> on the service are looked up first, so a second call submits nothing
+new; it follows what runs and rewrites the report. A failed or cancelled job is reported, not
+resubmitted (--resubmit-failed, or --continue from its latest checkpoint).
+
+examples:
+  celif reproduce --recipes 'paper/seq_mnist-*' --override training.max_epochs=3 --out docs/results
+  celif reproduce --recipes paper --no-follow --out docs/results     # submit and exit
+  celif reproduce --out docs/results                                 # follow/report what it holds
+  celif reproduce --out docs/results --continue --save-checkpoints   # after a service restart
+"""
+
+
+def _add_reproduce(sub) -> None:
+    p = sub.add_parser(
+        "reproduce",
+        help="submit recipes to a running service, follow them, write a report",
+        description="Submit named recipes to a running celif service through its HTTP API "
+        "(as any client would), follow the jobs and write a report into --out: reproduce.md "
+        "(one table per recipe table: ours vs the paper's and neuroseqbench's figures) and PNG "
+        "curves under curves/.",
+        epilog=REPRODUCE_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "--url",
+        type=_http_url,
+        default=os.environ.get("CELIF_URL", "http://127.0.0.1:8000"),
+        help="the service (default: $CELIF_URL or http://127.0.0.1:8000)",
+    )
+    p.add_argument(
+        "--token",
+        default=os.environ.get("CELIF_TOKEN"),
+        help="API token (default: $CELIF_TOKEN; `celif token create --name NAME` makes one)",
+    )
+    p.add_argument(
+        "--recipes",
+        nargs="+",
+        action="extend",
+        metavar="SEL",
+        help="recipe names, globs ('paper/seq_mnist-*') or sets: all, a prefix (paper, "
+        "neuroseqbench), table:<glob> (by report table). Default on a rerun: the folder's recipes",
+    )
+    p.add_argument(
+        "--override",
+        action="append",
+        metavar="KEY=VALUE",
+        help="dotted spec field set in every submitted job, value read as JSON when it parses "
+        "(training.max_epochs=3, model.hidden=[64,88,88]); repeatable",
+    )
+    p.add_argument(
+        "--out",
+        default="reproduce-results",
+        help="output folder: report, curves, state file, saved checkpoints (default: %(default)s)",
+    )
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--no-follow", action="store_true", help="submit, report and exit")
+    mode.add_argument(
+        "--wait",
+        action="store_true",
+        help="wait until all jobs finish printing plain lines, no progress bars (logs, scripts)",
+    )
+    p.add_argument(
+        "--resubmit-failed",
+        action="store_true",
+        help="submit a new job for a recipe whose job failed or was cancelled",
+    )
+    p.add_argument(
+        "--continue",
+        dest="cont",
+        action="store_true",
+        help="for each recipe whose job stopped early or now asks for more budget (e.g. a "
+        "larger training.max_epochs), submit a new job with init_from its latest checkpoint; "
+        "when the service that ran it is gone, upload the checkpoint saved by "
+        "--save-checkpoints in --out",
+    )
+    p.add_argument(
+        "--save-checkpoints",
+        action="store_true",
+        help="download each job's latest and best checkpoint into OUT/checkpoints/<recipe>/ "
+        "(~1 MB each for the paper's networks, small enough to commit); --continue uses them "
+        "after a service restart",
+    )
+    p.add_argument(
+        "--poll", type=_positive_float, default=2.0, metavar="S", help="poll interval (s)"
+    )
+    p.add_argument(
+        "--timeout",
+        type=_positive_float,
+        default=None,
+        metavar="S",
+        help="stop following after S seconds (the jobs keep running; exit status 3)",
+    )
+    p.set_defaults(func=cmd_reproduce)
+
+
+def _http_url(value: str) -> str:
+    if not value.startswith(("http://", "https://")) or len(value.split("://", 1)[1]) == 0:
+        raise argparse.ArgumentTypeError(f"expected http(s)://host:port, got {value!r}")
+    return value.rstrip("/")
+
+
+def _positive_float(value: str) -> float:
+    try:
+        x = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {value!r}") from None
+    if not x > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {value}")
+    return x
 
 
 def _port(value: str) -> int:

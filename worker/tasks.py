@@ -290,8 +290,11 @@ class JobRunner:
         if resume is None and spec.init_from is not None:
             # No checkpoint of its own yet: start from the source's copy the API installed.
             # (A re-run after a kill finds its own checkpoints above and never re-inits.)
+            from celif_core.errors import TrainingError
             from service.checkpoints.service import INIT_FILE
 
+            if not (checkpoint_dir / INIT_FILE).is_file():
+                raise TrainingError(f"the init_from checkpoint copy {INIT_FILE} is missing")
             continued = trainer.init_from(checkpoint_dir / INIT_FILE)
             log.info("job %s: init_from %s", self.job_id, "continued" if continued else "weights")
         self._model = trainer.model  # its backend_name is known after the first step

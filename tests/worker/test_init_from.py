@@ -119,3 +119,44 @@ def test_uploaded_checkpoint_round_trip_and_refusals(client: Client, worker, sou
         assert r.status_code == 422, r.text
         assert r.json()["detail"][0]["loc"] == ["body", "file"] and why in r.text
     assert sorted(os.listdir(uploads)) == before  # nothing stored on refusal
+
+
+def test_killed_init_from_job_resumes_from_its_own_checkpoint(client: Client, stack, source):
+    """Once it has a checkpoint of its own, a re-queued init_from job resumes from that one."""
+    from tests.worker.conftest import wait_for
+    from tests.worker.test_jobs import assert_complete_series, checkpoint_rows, job_row
+
+    spec = adding_spec(max_steps=600, eval_every=50, checkpoint_every=50, lr=0.004)
+    live = [w for w in stack.workers if w.alive()]
+    worker = live[0] if live else None
+    if worker is None:
+        worker = WorkerProcess(stack.env, stack.logs / f"worker-{len(stack.workers)}.log").start()
+        stack.workers.append(worker)
+    job = client.submit({**spec, "init_from": {"job": source["id"]}})
+    jid = job["id"]
+
+    def own_checkpoint():
+        rows = checkpoint_rows(stack, jid)
+        return rows and job_row(stack, jid).status == "running" and rows[-1].step
+
+    ckpt_step = wait_for(own_checkpoint, 120, "the job's own first checkpoint")
+    assert job_row(stack, jid).step < 600
+    worker.kill()
+    fresh = WorkerProcess(stack.env, stack.logs / f"worker-{len(stack.workers)}.log").start()
+    stack.workers.append(fresh)
+    done = client.wait_status(jid, DONE, timeout=300)
+    assert done["status"] == "succeeded", done["error"]
+    assert done["attempts"] == 2 and done["progress"]["step"] == 600
+    from sqlalchemy import select
+
+    from service.db.models import JobEvent
+
+    with stack.session() as s:
+        runs = s.scalars(
+            select(JobEvent).where(JobEvent.job_id == jid, JobEvent.kind == "status")
+            .order_by(JobEvent.id)
+        ).all()  # fmt: skip
+    running = [e.data for e in runs if e.data["status"] == "running"]
+    assert running[0].get("resumed_from_step") is None  # first run: from the source's weights
+    assert running[-1]["resumed_from_step"] >= ckpt_step  # second: from its own checkpoint
+    assert_complete_series(client.metrics(jid), 600, 50)

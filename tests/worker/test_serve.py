@@ -8,6 +8,9 @@ import signal
 import subprocess
 import sys
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -60,20 +63,32 @@ def _children(pid: int) -> list[int]:
     return out
 
 
-def test_serve_embedded_end_to_end(tmp_path: Path):
-    data = tmp_path / "data"
+@dataclass
+class Served:
+    proc: subprocess.Popen
+    base: str
+    token: str
+    out: _Output
+
+
+@contextmanager
+def embedded_serve(data: Path) -> Iterator[Served]:
+    """`celif serve` (embedded) on a free port until its API answers; always stopped (SIGINT to
+    its process group, SIGKILL after 30 s) and its output checked for tracebacks."""
     port = free_port()
-    env = _embedded_env(data)
     cmd = [sys.executable, "-m", "service.cli", "serve", "--port", str(port), "--data-dir", str(data), "--loglevel", "WARNING"]  # fmt: skip
     proc = subprocess.Popen(
-        cmd, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        start_new_session=True,
+        cmd, env=_embedded_env(data), cwd=REPO, stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT, text=True, start_new_session=True,
     )  # fmt: skip
     out = _Output(proc)
     try:
-        token = wait_for(
-            lambda: (m := re.search(r"TOKEN=(\S+)", out.text)) and m.group(1), 120, "the token"
-        )
+
+        def token_printed():
+            assert proc.poll() is None, out.text[-3000:]
+            return (m := re.search(r"TOKEN=(\S+)", out.text)) and m.group(1)
+
+        token = wait_for(token_printed, 120, "the token")
         base = f"http://127.0.0.1:{port}"
         assert base in out.text
 
@@ -85,6 +100,22 @@ def test_serve_embedded_end_to_end(tmp_path: Path):
                 return False
 
         wait_for(healthy, 60, "the API")
+        yield Served(proc, base, token, out)
+    finally:
+        os.killpg(proc.pid, signal.SIGINT)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert "Traceback" not in out.text, out.text[-3000:]
+
+
+def test_serve_embedded_end_to_end(tmp_path: Path):
+    data = tmp_path / "data"
+    env = _embedded_env(data)
+    with embedded_serve(data) as served:
+        proc, base, token, out = served.proc, served.base, served.token, served.out
         headers = {"Authorization": f"Bearer {token}"}
         r = httpx.post(f"{base}/api/v1/jobs", json=adding_spec(), headers=headers, timeout=30)
         assert r.status_code == 201, r.text
@@ -117,14 +148,6 @@ def test_serve_embedded_end_to_end(tmp_path: Path):
         jid = r.json()["id"]
         job = wait_for(finished, 240, "the job after the worker restart", 0.2)
         assert job["status"] == "succeeded", (job.get("error"), out.text[-3000:])
-    finally:
-        os.killpg(proc.pid, signal.SIGINT)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-    assert "Traceback" not in out.text, out.text[-3000:]
 
     # A second start prints no new token (first start only).
     second = subprocess.run(
