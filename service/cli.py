@@ -142,6 +142,7 @@ class WorkerSupervisor:
             if self.proc is None or self.proc.poll() is None:
                 continue
             code = self.proc.returncode
+            _kill_group(self.proc.pid)  # a pool child of the dead worker, if one is left
             log.warning("worker process exited (code %s); restarting in %.0fs", code, backoff)
             if self._stop.wait(backoff):
                 return
@@ -160,10 +161,19 @@ class WorkerSupervisor:
             proc.terminate()
             proc.wait(timeout)
         except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
+            proc.kill()
             proc.wait()
         except ProcessLookupError:
             pass
+        _kill_group(proc.pid)  # nothing of the worker outlives `celif serve`
+
+
+def _kill_group(pgid: int) -> None:
+    """SIGKILL what is left of a worker's process group (its own session, see `_spawn`)."""
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
 
 
 def _die_with_parent() -> None:

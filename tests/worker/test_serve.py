@@ -9,6 +9,7 @@ import subprocess
 import sys
 import threading
 from pathlib import Path
+from signal import SIGKILL
 
 import httpx
 import pytest
@@ -55,8 +56,31 @@ def _children(pid: int) -> list[int]:
             fields = stat.read_text().rsplit(")", 1)[1].split()
         except OSError:
             continue
-        if int(fields[1]) == pid:
+        if int(fields[1]) == pid and fields[0] != "Z":
             out.append(int(stat.parent.name))
+    return out
+
+
+def _descendants(pid: int) -> set[int]:
+    todo, seen = [pid], set()
+    while todo:
+        for child in _children(todo.pop()):
+            if child not in seen:
+                seen.add(child)
+                todo.append(child)
+    return seen
+
+
+def _alive(pids: set[int]) -> set[int]:
+    """Those of `pids` still running (not gone, not a zombie)."""
+    out = set()
+    for pid in pids:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if state != "Z":
+            out.add(pid)
     return out
 
 
@@ -105,8 +129,11 @@ def test_serve_embedded_end_to_end(tmp_path: Path):
 
         # The supervised worker is restarted when it dies; the new one takes the next job.
         first = wait_for(lambda: _children(proc.pid), 30, "the worker child")[0]
-        os.kill(first, signal.SIGKILL)
+        pool_of_first = wait_for(lambda: _descendants(first), 30, "the worker's pool child")
+        os.kill(first, SIGKILL)
         wait_for(lambda: [c for c in _children(proc.pid) if c != first], 60, "a new worker")
+        # the killed worker's pool child does not live on as an orphan
+        wait_for(lambda: not _alive(pool_of_first), 30, "the orphaned pool child to exit")
         r = httpx.post(
             f"{base}/api/v1/jobs",
             json=adding_spec(max_steps=20, eval_every=10, checkpoint_every=10),
@@ -117,14 +144,29 @@ def test_serve_embedded_end_to_end(tmp_path: Path):
         jid = r.json()["id"]
         job = wait_for(finished, 240, "the job after the worker restart", 0.2)
         assert job["status"] == "succeeded", (job.get("error"), out.text[-3000:])
+        # the worker and its (re-forked after each job) pool child
+        tree = wait_for(lambda: len(_descendants(proc.pid)) >= 2, 30, "the pool child")
+        tree = _descendants(proc.pid)
+        before_stop = len(out.text)
     finally:
-        os.killpg(proc.pid, signal.SIGINT)
+        tree = _descendants(proc.pid) | locals().get("tree", set())
+        os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C
         try:
-            proc.wait(30)
+            proc.wait(30)  # within the supervisor's grace period
         except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
+            os.killpg(proc.pid, SIGKILL)
             proc.wait()
+            for pid in _alive(tree):
+                os.kill(pid, SIGKILL)
+            raise
+    assert proc.returncode == 0, out.text[-3000:]
     assert "Traceback" not in out.text, out.text[-3000:]
+    # nothing of it outlives `celif serve` (worker, pool child), and a clean stop logs no ERROR
+    leftover = _alive(tree)
+    for pid in leftover:
+        os.kill(pid, SIGKILL)
+    assert not leftover, f"processes left after celif serve stopped: {leftover}"
+    assert "ERROR" not in out.text[before_stop:], out.text[before_stop:]
 
     # A second start prints no new token (first start only).
     second = subprocess.run(
