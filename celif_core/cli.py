@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 from pathlib import Path
@@ -167,8 +168,10 @@ class _Progress:
             total=total, initial=initial, disable=not enabled, unit="step", dynamic_ncols=True
         )
         self.postfix: dict[str, str] = {}
+        self.points: list[dict[str, Any]] = []  # every learning-curve point, for write_metrics
 
     def on_metrics(self, points: list[dict[str, Any]]) -> None:
+        self.points.extend(points)
         for p in points:
             if p["split"] in ("train", "val"):
                 key = "loss" if p["split"] == "train" else f"val_{p['name']}"
@@ -196,6 +199,49 @@ def _dataset_resolver(datasets_dir: Path | None):
         return dataset_facts(path) if path.is_file() else None
 
     return resolve
+
+
+METRIC_FIELDS = ("step", "epoch", "split", "name", "value", "time")
+
+
+def write_metrics(out: Path, spec: Any, points: list[dict[str, Any]], result: Any) -> list[Path]:
+    """Beside the checkpoints: every learning-curve point (metrics.csv), the points with the
+    run's summary (metrics.json) and the curves (curves.png). A resumed run rewrites them with
+    this run's points only."""
+    import csv
+
+    from celif_core.curves import render_curves
+
+    out.mkdir(parents=True, exist_ok=True)
+    csv_path, json_path, png_path = out / "metrics.csv", out / "metrics.json", out / "curves.png"
+    with csv_path.open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=METRIC_FIELDS, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(points)
+    summary = {
+        "spec": spec.to_dict(),
+        "step": result.step,
+        "backend": result.backend,
+        "best": result.best,
+        "metrics": result.metrics,
+        "telemetry": result.telemetry,
+        "points": points,
+    }
+    json_path.write_text(json.dumps(_finite(summary), indent=1, default=str, allow_nan=False))
+    title = f"{spec.name or spec.task.name}: {spec.model.neuron}, {result.step} steps"
+    png_path.write_bytes(render_curves(title, points, "png"))
+    return [csv_path, json_path, png_path]
+
+
+def _finite(value: Any) -> Any:
+    """NaN/inf as null: metrics.json stays standard JSON (as the API reports them)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -240,6 +286,7 @@ def main(argv: list[str] | None = None) -> int:
         print("celif train: interrupted", file=sys.stderr)
         return 130
     progress.close()
+    written = write_metrics(Path(args.out), spec, progress.points, result)
     task = trainer.task
     metric = task.primary_metric
     test = result.metrics.get(f"test_{metric}")
@@ -255,7 +302,7 @@ def main(argv: list[str] | None = None) -> int:
     if result.telemetry:
         rates = ", ".join(f"{r:.3f}" for r in result.telemetry["firing_rates"])
         print(f"firing rates [{rates}], energy {result.telemetry['energy_nj']:.2f} nJ per sequence")
-    print(f"checkpoints in {args.out}")
+    print(f"checkpoints in {args.out}; metrics and curves: {', '.join(p.name for p in written)}")
     print(f"test {metric}: {test:.4f}")
     return 0
 

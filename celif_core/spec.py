@@ -816,3 +816,8 @@ def catalog_neurons() -> list[dict[str, Any]]:
 
 def training_defaults() -> dict[str, Any]:
     return _defaults(TrainingSpec)
+
+
+def training_schema() -> dict[str, Any]:
+    """JSON schema of `training` (field descriptions for the dashboard's help text)."""
+    return _schema(TrainingSpec)

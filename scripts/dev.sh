@@ -16,6 +16,17 @@ install() {
   .venv/bin/pip install -q -e ".[dev]"
 }
 
+# Where MNIST is looked for, the same for `serve` and `test`: $CELIF_MNIST_DIR if set, else the
+# shared data folder beside the checkout when it holds the files. (`celif serve` alone defaults
+# to <data dir>/mnist and downloads there.)
+use_shared_mnist() {
+  local shared
+  shared="$(cd .. && pwd)/shared/data/mnist"
+  if [ -z "${CELIF_MNIST_DIR:-}" ] && [ -f "$shared/train-images-idx3-ubyte.gz" ]; then
+    export CELIF_MNIST_DIR="$shared"
+  fi
+}
+
 cmd="${1:-}"
 shift || true
 case "$cmd" in
@@ -24,12 +35,13 @@ case "$cmd" in
     ;;
   serve)
     install
+    use_shared_mnist
     exec .venv/bin/celif serve --demo "$@"
     ;;
   test)
     install
-    # MNIST is read from the shared data folder next to the checkout unless CELIF_MNIST_DIR says.
-    export CELIF_MNIST_DIR="${CELIF_MNIST_DIR:-$(cd .. && pwd)/shared/data/mnist}"
+    # The full-MNIST tests read $CELIF_MNIST_DIR (skipped without it; tests/conftest.py).
+    use_shared_mnist
     export PATH="$PWD/.venv/bin:$PATH"
     exec .venv/bin/python -m pytest -ra "$@"
     ;;

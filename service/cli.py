@@ -176,6 +176,7 @@ class WorkerSupervisor:
             if self.proc is None or self.proc.poll() is None:
                 continue
             code = self.proc.returncode
+            _kill_group(self.proc.pid)  # a pool child of the dead worker, if one is left
             log.warning("worker process exited (code %s); restarting in %.0fs", code, backoff)
             if self._stop.wait(backoff):
                 return
@@ -194,10 +195,19 @@ class WorkerSupervisor:
             proc.terminate()
             proc.wait(timeout)
         except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
+            proc.kill()
             proc.wait()
         except ProcessLookupError:
             pass
+        _kill_group(proc.pid)  # nothing of the worker outlives `celif serve`
+
+
+def _kill_group(pgid: int) -> None:
+    """SIGKILL what is left of a worker's process group (its own session, see `_spawn`)."""
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
 
 
 def _die_with_parent() -> None:
@@ -254,6 +264,7 @@ def _submit_demo(base_url: str, settings, deadline_s: float = 120.0) -> None:
     # Follow it to the end, so the newcomer sees it train without opening anything.
     job = r.json()
     end = time.monotonic() + 600
+    said_why, last_said = False, -1
     while job["status"] not in ("succeeded", "failed", "cancelled") and time.monotonic() < end:
         time.sleep(1.0)
         job = httpx.get(
@@ -261,6 +272,17 @@ def _submit_demo(base_url: str, settings, deadline_s: float = 120.0) -> None:
             headers={"Authorization": f"Bearer {token}"},
             timeout=30,
         ).json()
+        step = job["progress"]["step"]
+        if job["status"] == "running" and step == 0 and not said_why:
+            said_why = True
+            print(
+                "  Demo job running, at step 0 while the fused C++ neuron kernel is compiled "
+                "(first use on this machine only, about a minute; cached afterwards) ...",
+                flush=True,
+            )
+        elif step >= last_said + 100:
+            last_said = step - step % 100
+            print(f"  Demo job at step {step}/{job['progress']['max_steps']}", flush=True)
     best = ", ".join(f"{k} {v:.4g}" for k, v in sorted(job["best_metrics"].items()) if k != "step")
     print(
         f"Demo job {job['status']} at step {job['progress']['step']}: {best} "
@@ -312,9 +334,18 @@ def cmd_serve(args) -> int:
     print(f"CE-LIF training service: {url}", flush=True)
     print(f"  API docs: {url}/docs   data dir: {Path(settings.data_dir).resolve()}", flush=True)
     if token:
-        print("  First start: an admin token was created (shown once):", flush=True)
+        rule = "=" * max(72, len(token) + 10)
+        print(rule, flush=True)
+        print("  First start: an admin token was created. It is shown ONCE; keep it:", flush=True)
         print(f"  TOKEN={token}", flush=True)
+        print(
+            '  (paste it into the dashboard; for curl: -H "Authorization: Bearer $TOKEN")',
+            flush=True,
+        )
+        print(rule, flush=True)
     if args.demo:
+        # The demo polls its job every second: httpx's own INFO line per request is noise.
+        logging.getLogger("httpx").setLevel(logging.WARNING)
         threading.Thread(target=_demo_thread, args=(url, settings), daemon=True).start()
     try:
         uvicorn.run(create_app(), host=args.host, port=args.port, log_level=args.loglevel.lower())

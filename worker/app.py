@@ -13,6 +13,7 @@ import os
 import signal
 import socket
 import threading
+import time
 
 from celery import Celery, signals
 
@@ -105,6 +106,23 @@ def _fresh_db_pool(**_kwargs) -> None:
     get_engine(get_settings().database_url).dispose(close=False)
 
 
+ORPHAN_POLL_S = 1.0
+
+
+@signals.worker_process_init.connect
+def _exit_with_the_worker(**_kwargs) -> None:
+    """A pool child whose worker main process died (kill -9, a crash) exits too, instead of
+    living on idle forever: its job, if any, is re-queued by the reaper as for a lost worker."""
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(ORPHAN_POLL_S)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="orphan-watch", daemon=True).start()
+
+
 _reaper_started = threading.Event()
 
 
@@ -131,10 +149,14 @@ def _hand_back_running_jobs(how: str | None = None, **_kwargs) -> None:
     and goes back to the queue, where the next worker resumes it (worker/tasks.py)."""
     if how != "Warm":
         return
-    from billiard.process import active_children
+    from celery.worker import state
 
-    for child in active_children():
+    # Only the children running a job have the hand-back handler (worker/tasks.py); an idle
+    # child still has billiard's exit handler for this signal, and signalling it made the
+    # pool's own SIGTERM a second terminate signal: "exited with 'exitcode 70'", an ERROR on
+    # every clean stop. Idle children leave by the pool's normal close.
+    for pid in {r.worker_pid for r in list(state.active_requests) if r.worker_pid}:
         try:
-            os.kill(child.pid, SHUTDOWN_SIGNAL)
+            os.kill(pid, SHUTDOWN_SIGNAL)
         except ProcessLookupError:
             pass

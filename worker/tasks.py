@@ -54,8 +54,11 @@ class LeaseLost(Exception):
 _shutdown_requested = threading.Event()
 
 
-@signals.worker_process_init.connect
+@signals.task_prerun.connect
 def _install_shutdown_handler(**_kwargs) -> None:
+    # As the job starts, in the pool child's main thread: not at worker_process_init, because
+    # billiard then resets every terminate-like signal (SHUTDOWN_SIGNAL included) to its own
+    # exit handler, and the job would die mid-step instead of checkpointing.
     signal.signal(SHUTDOWN_SIGNAL, lambda *_: _shutdown_requested.set())
 
 

@@ -7,7 +7,7 @@ from typing import Any
 
 from fastapi import APIRouter
 
-from celif_core.spec import catalog_neurons, catalog_tasks, training_defaults
+from celif_core.spec import catalog_neurons, catalog_tasks, training_defaults, training_schema
 from service.deps import CurrentUser
 from service.errors import NotFound
 
@@ -21,7 +21,11 @@ def _tasks() -> dict[str, Any]:
 
 @cache
 def _neurons() -> dict[str, Any]:
-    return {"items": catalog_neurons(), "training_defaults": training_defaults()}
+    return {
+        "items": catalog_neurons(),
+        "training_defaults": training_defaults(),
+        "training_schema": training_schema(),
+    }
 
 
 @router.get("/tasks", responses={401: {}})

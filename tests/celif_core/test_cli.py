@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import json
 import urllib.request
 
 import pytest
@@ -18,8 +20,21 @@ def test_train_writes_checkpoints_and_prints_the_test_metric(tmp_path, capsys):
     assert main([*SMALL, "--out", str(out), "--lr", "0.01", "--surrogate-width", "1.0"]) == 0
     stdout = capsys.readouterr().out
     assert "test mse:" in stdout and "baseline mse: 0.1667" in stdout
-    files = sorted(p.name for p in out.iterdir())
+    files = sorted(p.name for p in out.iterdir() if p.suffix == ".safetensors")
     assert files == ["step_00000002.safetensors", "step_00000004.safetensors"]
+    # metrics (CSV and JSON) and the curves (PNG) beside the checkpoints
+    with (out / "metrics.csv").open() as fh:
+        rows = list(csv.DictReader(fh))
+    assert {(r["split"], r["name"]) for r in rows} >= {("train", "loss"), ("val", "mse")}
+    assert {int(r["step"]) for r in rows if r["split"] == "val"} == {2, 4}
+    summary = json.loads((out / "metrics.json").read_text())
+    assert summary["step"] == 4 and summary["best"]["step"] in (2, 4)
+    assert len(summary["points"]) == len(rows)
+    assert summary["metrics"]["test_mse"] == pytest.approx(
+        float(stdout.split("test mse: ")[1]), abs=1e-4
+    )
+    assert (out / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "metrics.csv" in stdout
     meta = read_metadata(out / files[-1])
     assert meta["spec"]["task"]["params"]["seq_len"] == 15
     assert meta["spec"]["model"]["hidden"] == [8, 8]

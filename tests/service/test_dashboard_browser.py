@@ -16,6 +16,8 @@ from selenium.webdriver.common.action_chains import ActionChains
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import Select, WebDriverWait
 
+from service.db.models import Job
+from service.db.session import session_scope
 from tests.service.predict_helpers import REPO, EmbeddedServer, make_job
 
 pytest_plugins = ["tests.service.fixtures_predict"]
@@ -115,17 +117,24 @@ def test_dashboard_end_to_end(browser, tmp_path, trained):
             lambda d: len(Select(d.find_element(By.ID, "f-task")).options) == 5,
             what="task catalog",
         )
-        assert (
-            _field(d, "task.params.val_size").get_attribute("value") == "5000"
-        )  # seq_mnist default
-        assert _field(d, "model.neuron_params.alpha").get_attribute("value") == "0.5"
-        assert _field(d, "training.lr").get_attribute("value") == "0.0005"
-        Select(d.find_element(By.ID, "f-task")).select_by_value("adding")
+        # the default task needs no MNIST download; fields carry the schema's help text
+        assert Select(d.find_element(By.ID, "f-task")).first_selected_option.text == "adding"
         _wait(
             d,
             lambda d: _field(d, "task.params.seq_len").get_attribute("value") == "100",
             what="adding defaults",
         )
+        assert _field(d, "model.neuron_params.alpha").get_attribute("value") == "0.5"
+        assert _field(d, "training.lr").get_attribute("value") == "0.0005"
+        helps = [h.text for h in d.find_elements(By.CSS_SELECTOR, "#job-form .field-help")]
+        assert "sequence length T" in helps and "max gradient norm (None = off)" in helps
+        ce_mode = _field(d, "model.neuron_params.ce_mode")
+        assert ce_mode.size["width"] >= d.execute_script(
+            "const c = document.createElement('canvas').getContext('2d');"
+            "c.font = getComputedStyle(arguments[0]).font;"
+            "return c.measureText('membrane_te').width;",
+            ce_mode,
+        )  # the longest option is not cut off
         Select(d.find_element(By.ID, "f-neuron")).select_by_value("celif")
         _set(d, "name", "browser-adding")
         _set(d, "model.hidden", "16, 16")
@@ -138,8 +147,10 @@ def test_dashboard_end_to_end(browser, tmp_path, trained):
         _set(d, "training.checkpoint_every", "100")
         _set(d, "training.lr", "0.005")
         Select(_field(d, "training.device")).select_by_value("cpu")
-        # A bad value: the 422 is shown inline next to the named field; nothing is queued.
+        # Two bad values: both 422 errors are shown inline, each next to its field, at once;
+        # nothing is queued.
         _set(d, "task.params.seq_len", "-5")
+        _set(d, "training.batch_size", "0")
         d.find_element(By.ID, "submit-job").click()
         error = _wait(
             d,
@@ -150,7 +161,11 @@ def test_dashboard_end_to_end(browser, tmp_path, trained):
         )
         assert "greater than or equal to 2" in error
         assert "invalid" in _field(d, "task.params.seq_len").get_attribute("class")
+        other = d.find_element(By.CSS_SELECTOR, '[data-error-for="training.batch_size"]').text
+        assert "greater than or equal to 1" in other
+        _screenshot(d, "dashboard-form.png")
         _set(d, "task.params.seq_len", "20")
+        _set(d, "training.batch_size", "32")
         d.find_element(By.ID, "submit-job").click()
         _wait(d, lambda d: "#/jobs/" in d.current_url, what="the job page")
         job_id = d.current_url.rsplit("/", 1)[-1]
@@ -275,12 +290,38 @@ def test_dashboard_end_to_end(browser, tmp_path, trained):
         time.sleep(0.5)
         _screenshot(d, "dashboard-mnist.png")
 
-        # The job list shows both jobs with their live status.
+        # A job that failed before any metric: its plot says so (not "waiting for metrics").
+        db_url = f"sqlite:///{(data / 'celif.db').resolve()}"
+        failed_job = make_job(
+            db_url, data / "storage", trained["adding"], owner="admin", with_checkpoint=False
+        )
+        with session_scope(db_url) as session:
+            row = session.get(Job, failed_job)
+            row.status, row.step, row.error = "failed", 0, "out of memory: (a test's reason)"
+        d.get(f"{srv.url}/#/jobs/{failed_job}")
+        _wait(
+            d,
+            lambda d: "job failed" in d.find_element(By.ID, "curve").text,
+            30,
+            "the failed job's plot",
+        )
+        assert "waiting for metrics" not in d.find_element(By.ID, "curve").text
+        assert "out of memory" in d.find_element(By.ID, "job-error").text
+
+        # The Datasets page says what to upload.
+        d.find_element(By.CSS_SELECTOR, 'nav a[href="#/datasets"]').click()
+        hint = _wait(d, lambda d: d.find_element(By.ID, "datasets-empty").is_displayed(), 30)
+        assert hint
+        page = d.find_element(By.ID, "view-datasets").text
+        assert "[N, T, F]" in page and "[N, T]" in page
+        _screenshot(d, "dashboard-datasets.png")
+
+        # The job list shows the jobs with their live status.
         d.find_element(By.CSS_SELECTOR, 'nav a[href="#/"]').click()
         rows = _wait(
             d, lambda d: d.find_elements(By.CSS_SELECTOR, "#jobs-table tbody tr"), 30, "job rows"
         )
-        assert {r.get_attribute("data-job-id") for r in rows} == {job_id, mnist_job}
+        assert {r.get_attribute("data-job-id") for r in rows} == {job_id, mnist_job, failed_job}
         # Refused requests (the wrong token, the 422s above) are logged by Chrome; errors are not.
         severe = [
             e

@@ -311,3 +311,21 @@ def test_samples_of_a_job_over_the_limits_is_422_not_500(pclient, db, psettings,
     r = pclient.get(f"/api/v1/jobs/{job_id}/samples", params={"n": 1})
     assert r.status_code == 422, r.text
     assert r.json()["detail"][0]["loc"] == ["spec", "task", "params", "test_size"]
+
+
+def test_adding_accepts_a_shorter_T_but_not_beyond_the_te_table(pclient, db, psettings, trained):
+    """Decided (docs/predict.md): the adding problem is defined for any length, so a T=24 job
+    answers T=2 (its reading after 2 steps); a fixed-length task refuses any other T, and no T
+    may exceed the TE table (one row per step)."""
+    job_id = _job(db, psettings, trained, "adding")
+    two_steps = [[[0.5, 1.0], [0.25, 1.0]]]
+    r = pclient.post(f"/api/v1/jobs/{job_id}/predict", json={"inputs": two_steps})
+    assert r.status_code == 200, r.text
+    assert len(r.json()["predictions"]) == 1
+    too_long = np.zeros((1, 25, 2)).tolist()  # te_length = T = 24
+    r = pclient.post(f"/api/v1/jobs/{job_id}/predict", json={"inputs": too_long})
+    assert r.status_code == 422
+    assert "T=25" in r.json()["detail"][0]["msg"] and "24" in r.json()["detail"][0]["msg"]
+    mnist = _job(db, psettings, trained, "seq_mnist")
+    r = pclient.post(f"/api/v1/jobs/{mnist}/predict", json={"inputs": [[0.0, 0.0]]})
+    assert r.status_code == 422 and "T=784" in r.json()["detail"][0]["msg"]

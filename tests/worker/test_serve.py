@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from signal import SIGKILL
 
 import httpx
 import pytest
@@ -58,8 +59,31 @@ def _children(pid: int) -> list[int]:
             fields = stat.read_text().rsplit(")", 1)[1].split()
         except OSError:
             continue
-        if int(fields[1]) == pid:
+        if int(fields[1]) == pid and fields[0] != "Z":
             out.append(int(stat.parent.name))
+    return out
+
+
+def _descendants(pid: int) -> set[int]:
+    todo, seen = [pid], set()
+    while todo:
+        for child in _children(todo.pop()):
+            if child not in seen:
+                seen.add(child)
+                todo.append(child)
+    return seen
+
+
+def _alive(pids: set[int]) -> set[int]:
+    """Those of `pids` still running (not gone, not a zombie)."""
+    out = set()
+    for pid in pids:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if state != "Z":
+            out.add(pid)
     return out
 
 
@@ -74,7 +98,8 @@ class Served:
 @contextmanager
 def embedded_serve(data: Path) -> Iterator[Served]:
     """`celif serve` (embedded) on a free port until its API answers; always stopped (SIGINT to
-    its process group, SIGKILL after 30 s) and its output checked for tracebacks."""
+    its process group, SIGKILL after 30 s) and checked: no traceback, a clean stop logs no ERROR,
+    and no process of it (worker, pool child) outlives it."""
     port = free_port()
     cmd = [sys.executable, "-m", "service.cli", "serve", "--port", str(port), "--data-dir", str(data), "--loglevel", "WARNING"]  # fmt: skip
     proc = subprocess.Popen(
@@ -102,13 +127,24 @@ def embedded_serve(data: Path) -> Iterator[Served]:
         wait_for(healthy, 60, "the API")
         yield Served(proc, base, token, out)
     finally:
-        os.killpg(proc.pid, signal.SIGINT)
+        tree = _descendants(proc.pid)
+        before_stop = len(out.text)
+        os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C
         try:
-            proc.wait(30)
+            proc.wait(30)  # within the supervisor's grace period
         except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
+            os.killpg(proc.pid, SIGKILL)
             proc.wait()
+            for pid in _alive(tree):
+                os.kill(pid, SIGKILL)
+            raise
+    assert proc.returncode == 0, out.text[-3000:]
     assert "Traceback" not in out.text, out.text[-3000:]
+    leftover = _alive(tree)
+    for pid in leftover:
+        os.kill(pid, SIGKILL)
+    assert not leftover, f"processes left after celif serve stopped: {leftover}"
+    assert "ERROR" not in out.text[before_stop:], out.text[before_stop:]
 
 
 def test_serve_embedded_end_to_end(tmp_path: Path):
@@ -136,8 +172,11 @@ def test_serve_embedded_end_to_end(tmp_path: Path):
 
         # The supervised worker is restarted when it dies; the new one takes the next job.
         first = wait_for(lambda: _children(proc.pid), 30, "the worker child")[0]
-        os.kill(first, signal.SIGKILL)
+        pool_of_first = wait_for(lambda: _descendants(first), 30, "the worker's pool child")
+        os.kill(first, SIGKILL)
         wait_for(lambda: [c for c in _children(proc.pid) if c != first], 60, "a new worker")
+        # the killed worker's pool child does not live on as an orphan
+        wait_for(lambda: not _alive(pool_of_first), 30, "the orphaned pool child to exit")
         r = httpx.post(
             f"{base}/api/v1/jobs",
             json=adding_spec(max_steps=20, eval_every=10, checkpoint_every=10),
@@ -148,6 +187,8 @@ def test_serve_embedded_end_to_end(tmp_path: Path):
         jid = r.json()["id"]
         job = wait_for(finished, 240, "the job after the worker restart", 0.2)
         assert job["status"] == "succeeded", (job.get("error"), out.text[-3000:])
+        # the worker and its (re-forked after each job) pool child are there to be stopped
+        wait_for(lambda: len(_descendants(proc.pid)) >= 2, 30, "the pool child")
 
     # A second start prints no new token (first start only).
     second = subprocess.run(

@@ -6,6 +6,9 @@
 const API = "/api/v1";
 const TOKEN_KEY = "celif_token";
 const MNIST_TASKS = ["seq_mnist", "ps_mnist"];
+const DEFAULT_TASK = "adding";
+// One colour per split, the same while a job runs and after it finished.
+const SPLIT_COLORS = { train: "#2855d8", val: "#d97706", test: "#157f3b", baseline: "#667085" };
 const TRAINING_ENUMS = {
   optimizer: ["adam", "adamw", "sgd"],
   lr_schedule: ["constant", "cosine", "step"],
@@ -28,7 +31,7 @@ const el = (tag, attrs = {}, ...children) => {
 };
 
 const state = {
-  catalog: null, // {tasks, neurons, training_defaults}
+  catalog: null, // {tasks, neurons, training_defaults, training_schema}
   jobsTimer: null,
   jobView: null, // per-job page state, reset on navigation
 };
@@ -135,11 +138,19 @@ async function signIn(ev) {
 }
 
 // ------------------------------------------------------------------ job list
+// Integers as integers (`step 300`, not 300.0), other numbers to 4 significant digits, strings
+// as they are (`split test`, not "test").
+function fmtNum(v) {
+  if (typeof v !== "number") return typeof v === "string" ? v : JSON.stringify(v);
+  if (Number.isInteger(v)) return String(v);
+  return String(Number(v.toPrecision(4)));
+}
+
 function fmtMetrics(metrics) {
   return Object.entries(metrics || {})
     .filter(([, v]) => typeof v === "number")
     .slice(0, 3)
-    .map(([k, v]) => `${k} ${Number(v).toPrecision(4)}`)
+    .map(([k, v]) => `${k} ${fmtNum(v)}`)
     .join(", ");
 }
 
@@ -173,7 +184,7 @@ async function showJobs() {
 async function loadCatalog() {
   if (state.catalog) return state.catalog;
   const [tasks, neurons] = await Promise.all([api("/tasks"), api("/neurons")]);
-  state.catalog = { tasks: tasks.items, neurons: neurons.items, training_defaults: neurons.training_defaults };
+  state.catalog = { tasks: tasks.items, neurons: neurons.items, training_defaults: neurons.training_defaults, training_schema: neurons.training_schema };
   return state.catalog;
 }
 
@@ -214,6 +225,7 @@ function field(loc, name, prop, value) {
     { class: "field" },
     el("label", { for: id, title: prop.description || "" }, name),
     input,
+    ...(prop.description ? [el("span", { class: "field-help" }, prop.description)] : []),
     el("span", { class: "field-error", dataset: { errorFor: loc } }),
   );
 }
@@ -232,13 +244,14 @@ function renderTraining(container, defaults) {
   container.replaceChildren(
     ...Object.entries(defaults).map(([name, value]) => {
       let prop;
+      const description = (state.catalog.training_schema?.properties?.[name] || {}).description;
       if (TRAINING_ENUMS[name]) prop = { enum: TRAINING_ENUMS[name] };
       else if (typeof value === "boolean") prop = { type: "boolean" };
       else if (Number.isInteger(value)) prop = { type: "integer" };
       else if (typeof value === "number") prop = { type: "number" };
       else if (value === null) prop = { anyOf: [{ type: "number" }, { type: "null" }] };
       else prop = { type: "string" };
-      return field(`training.${name}`, name, prop, value);
+      return field(`training.${name}`, name, { ...prop, description }, value);
     }),
   );
 }
@@ -300,7 +313,8 @@ async function showNewJob() {
   const taskSel = $("#f-task");
   const neuronSel = $("#f-neuron");
   if (!taskSel.options.length) {
-    taskSel.append(...cat.tasks.map((t) => el("option", { value: t.name }, t.name)));
+    // The default task needs no download (MNIST may not be installed).
+    taskSel.append(...cat.tasks.map((t) => el("option", { value: t.name, selected: t.name === DEFAULT_TASK }, t.name)));
     neuronSel.append(...cat.neurons.map((n) => el("option", { value: n.name, selected: n.name === "celif" }, n.name)));
     taskSel.addEventListener("change", onTaskChange);
     neuronSel.addEventListener("change", onNeuronChange);
@@ -373,6 +387,7 @@ async function submitJob(ev) {
 async function showDatasets() {
   show("datasets");
   const data = await api("/datasets");
+  $("#datasets-empty").hidden = data.items.length > 0;
   $("#datasets-table tbody").replaceChildren(
     ...data.items.map((d) =>
       el("tr", {}, el("td", {}, el("code", {}, d.id)), el("td", {}, d.name), el("td", {}, d.num_sequences), el("td", {}, d.seq_len), el("td", {}, d.input_size), el("td", {}, d.kind), el("td", {}, d.target), el("td", {}, d.output_size)),
@@ -410,14 +425,15 @@ function renderJobHeader(job) {
   $("#job-progress-text").textContent = `step ${job.progress.step} / ${job.progress.max_steps}`;
   $("#cancel-btn").hidden = !["queued", "running"].includes(job.status);
   $("#job-error").textContent = job.error || "";
+  if (job.status === "failed" && !(v.points || []).length) plotPlaceholder(job);
   const kv = (obj, label) =>
-    Object.entries(obj || {}).map(([k, val]) => el("span", {}, el("b", {}, `${label}${k}`), typeof val === "number" ? Number(val).toPrecision(4) : JSON.stringify(val)));
+    Object.entries(obj || {}).map(([k, val]) => el("span", {}, el("b", {}, `${label}${k}`), fmtNum(val)));
   $("#job-metrics").replaceChildren(...kv(job.latest_metrics, "latest "), ...kv(job.best_metrics, "best "));
   const tel = job.telemetry || {};
   const telItems = [];
   for (const [k, val] of Object.entries(tel)) {
-    if (Array.isArray(val)) telItems.push(el("span", {}, el("b", {}, k), val.map((x) => (typeof x === "number" ? x.toFixed(4) : JSON.stringify(x))).join(", ")));
-    else telItems.push(el("span", {}, el("b", {}, k), typeof val === "number" ? Number(val).toPrecision(4) : JSON.stringify(val)));
+    if (Array.isArray(val)) telItems.push(el("span", {}, el("b", {}, k), val.map(fmtNum).join(", ")));
+    else telItems.push(el("span", {}, el("b", {}, k), fmtNum(val)));
   }
   $("#telemetry").replaceChildren(...(telItems.length ? telItems : [el("span", { class: "hint" }, "no telemetry yet")]));
 }
@@ -461,23 +477,43 @@ async function download(c) {
   setTimeout(() => URL.revokeObjectURL(url), 10000);
 }
 
+// The curve panel before any point: waiting, or why there will be none.
+function plotPlaceholder(job) {
+  const text = job.status === "failed" ? "job failed before any metrics (see the error above)" : "waiting for metrics…";
+  const font = job.status === "failed" ? { color: "#c0262d" } : {};
+  Plotly.react("curve", [], { margin: { t: 24 }, annotations: [{ text, font, showarrow: false, xref: "paper", yref: "paper", x: 0.5, y: 0.5 }] }, { displaylogo: false });
+}
+
 function plotCurves() {
   const v = state.jobView;
   const names = [...new Set(v.points.map((p) => p.name))].sort((a, b) => (a === "loss" ? -1 : b === "loss" ? 1 : a.localeCompare(b)));
   const traces = [];
+  const failed = v.job && v.job.status === "failed";
   const layout = {
-    margin: { t: 24, r: 16, b: 40, l: 56 },
-    legend: { orientation: "h" },
+    // the legend above the panels, clear of the x-axis titles
+    margin: { t: 56, r: 16, b: 44, l: 56 },
+    legend: { orientation: "h", x: 0, y: 1.02, yanchor: "bottom" },
     grid: { rows: 1, columns: Math.max(names.length, 1), pattern: "independent" },
+    annotations: failed ? [{ text: "job failed (see the error above)", showarrow: false, xref: "paper", yref: "paper", x: 1, y: 1, xanchor: "right", yanchor: "bottom", font: { color: "#c0262d" } }] : [],
   };
+  const lastStep = Math.max(0, ...v.points.map((p) => p.step));
   names.forEach((name, i) => {
     const axis = i === 0 ? "" : String(i + 1);
     for (const split of [...new Set(v.points.filter((p) => p.name === name).map((p) => p.split))]) {
       const pts = v.points.filter((p) => p.name === name && p.split === split);
-      traces.push({ x: pts.map((p) => p.step), y: pts.map((p) => p.value), name: `${split} ${name}`, mode: pts.length > 1 ? "lines" : "markers", xaxis: `x${axis}`, yaxis: `y${axis}` });
+      const color = SPLIT_COLORS[split] || "#1d2330";
+      const trace = { x: pts.map((p) => p.step), y: pts.map((p) => p.value), name: `${split} ${name}`, legendgroup: split, xaxis: `x${axis}`, yaxis: `y${axis}`, line: { color }, marker: { color, size: 8 } };
+      if (split === "baseline" && pts.length === 1) {
+        // a reference level, not an event at one step: a dashed line across the run
+        Object.assign(trace, { x: [0, lastStep || 1], y: [pts[0].value, pts[0].value], mode: "lines", line: { color, dash: "dash" } });
+      } else {
+        trace.mode = pts.length > 1 ? "lines" : "markers"; // a single test point stays visible
+      }
+      traces.push(trace);
     }
     layout[`xaxis${axis}`] = { title: { text: "step" } };
-    layout[`yaxis${axis}`] = { title: { text: name } };
+    // loss spans decades: a log scale keeps the later steps readable
+    layout[`yaxis${axis}`] = { title: { text: name }, type: name === "loss" ? "log" : "linear" };
   });
   Plotly.react("curve", traces, layout, { responsive: true, displaylogo: false });
   $("#curve").dataset.points = String(v.points.length);
@@ -558,7 +594,7 @@ async function showJob(id) {
   v.spec = job.spec;
   v.usesTe = job.spec.model.neuron === "celif" && (job.spec.model.neuron_params.ce_mode || "").split("_").includes("te");
   renderJobHeader(job);
-  Plotly.react("curve", [], { margin: { t: 24 }, annotations: [{ text: "waiting for metrics…", showarrow: false, xref: "paper", yref: "paper", x: 0.5, y: 0.5 }] }, { displaylogo: false });
+  plotPlaceholder(job);
   $("#curve").dataset.points = "0";
   setupPredict(job);
   $("#te-section").hidden = !v.usesTe;
@@ -759,10 +795,10 @@ function showPrediction(res, label) {
   const p = res.predictions[0];
   let summary;
   if ("class" in p) summary = `Predicted class ${p.class}`;
-  else if ("value" in p) summary = `Predicted value ${JSON.stringify(p.value)}`;
+  else if ("value" in p) summary = `Predicted value ${Array.isArray(p.value) ? p.value.map(fmtNum).join(", ") : fmtNum(p.value)}`;
   else if ("classes" in p) summary = `Predicted per-step classes (last 10): ${p.classes.slice(-10).join(" ")}`;
   else summary = `Predicted values (last 10): ${p.values.slice(-10).map((x) => x.toFixed(3)).join(" ")}`;
-  if (label !== null && label !== undefined) summary += ` — target ${Array.isArray(label) ? label.slice(-10).join(" ") : label}`;
+  if (label !== null && label !== undefined) summary += ` — target ${Array.isArray(label) ? label.slice(-10).map(fmtNum).join(" ") : fmtNum(label)}`;
   summary += ` · checkpoint step ${res.checkpoint.step} · ${res.elapsed_ms.toFixed(0)} ms${res.cached ? " (cached model)" : ""}`;
   $("#predict-summary").textContent = summary;
   $("#predict-summary").dataset.kind = res.kind;
