@@ -31,7 +31,10 @@ TABLE_COPY = "Copy memory (paper Fig. 5e-h)"
 TABLE_NSB = "neuroseqbench's reading of CE-LIF"
 TABLE_DEMO = "Demo (tests)"
 
-PAPER_NEURON = {"alpha": 0.5, "rho": 0.99, "theta0": 0.3, "te_init_std": 0.2}
+# The paper's table reads 0.5, 0.99, 0.3, 0.2 with its headers lost: alpha, rho, theta0 are
+# certain; the 0.2 may be the TE init scale or the surrogate width, so TE keeps the measured
+# default N(0, 0.1^2) (docs/neurons.md), which the long runs in docs/results.md use.
+PAPER_NEURON = {"alpha": 0.5, "rho": 0.99, "theta0": 0.3, "te_init_std": 0.1}
 MNIST_TASK_PARAMS = {"val_size": 1000}  # 59k train / 1k val; test on all 10,000
 MNIST_TRAINING = {
     "max_steps": None,

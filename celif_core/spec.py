@@ -550,13 +550,15 @@ def validate_spec(
 
 
 BUDGET_FIELDS = ("max_steps", "max_epochs")
+EXECUTION_FIELDS = ("device", "backend", "memory")
 
 
 def continues_run(spec: JobSpec, source: JobSpec) -> bool:
     """Whether a job started from `source`'s checkpoint continues that run exactly (weights,
     optimizer and schedule state, step, best) or starts a new run from its weights: it continues
-    when task, model and training agree apart from the budget."""
-    ignore = set(BUDGET_FIELDS)
+    when task, model and training agree apart from the budget and where it runs (device,
+    backend, memory mode: the fused and reference scans compute the same run)."""
+    ignore = {*BUDGET_FIELDS, *EXECUTION_FIELDS}
     ours, theirs = (
         spec.training.model_dump(exclude=ignore),
         source.training.model_dump(exclude=ignore),

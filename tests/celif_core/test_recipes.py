@@ -26,7 +26,7 @@ def test_paper_recipes_have_the_papers_networks_and_hyperparameters():
             spec = validate_spec(RECIPES[f"paper/{task}-{size}"].spec)
             assert count_parameters(spec) == params
             p, tr = spec.model.neuron_params, spec.training
-            assert (p.alpha, p.rho, p.theta0, p.te_init_std) == (0.5, 0.99, 0.3, 0.2)
+            assert (p.alpha, p.rho, p.theta0, p.te_init_std) == (0.5, 0.99, 0.3, 0.1)
             assert (tr.lr, tr.batch_size, tr.max_epochs, tr.lr_schedule) == (5e-4, 256, 100, "step")
             assert spec.train_size == 59_000 and spec.model.te_shared
     assert RECIPES["paper/seq_mnist-83k"].paper == {"metric": "test_accuracy", "value": 0.9819}
@@ -71,3 +71,24 @@ def test_unknown_recipe_names_the_field_and_lists_the_names():
         apply_recipe({"recipe": "paper/nope"})
     err = info.value.errors[0]
     assert err["loc"] == ["recipe"] and "paper/seq_mnist-83k" in err["msg"]
+
+
+def test_a_larger_budget_on_another_device_continues_the_run_other_training_does_not():
+    """init_from continues a run (optimizer, step) only when the run's math is the same: the
+    budget and where it runs (device, backend, memory) may differ, nothing else."""
+    from celif_core.spec import continues_run
+
+    source = validate_spec(apply_recipe({"recipe": "paper/seq_mnist-83k"}))
+    longer = validate_spec(
+        apply_recipe(
+            {
+                "recipe": "paper/seq_mnist-83k",
+                "training": {"max_epochs": 200, "device": "cpu", "backend": "reference"},
+            }
+        )
+    )
+    assert continues_run(longer, source)
+    other_lr = validate_spec(
+        apply_recipe({"recipe": "paper/seq_mnist-83k", "training": {"lr": 1e-3}})
+    )
+    assert not continues_run(other_lr, source)
