@@ -143,7 +143,12 @@ def test_reproduce_end_to_end(tmp_path: Path):
 
         # 4. A job that ended cancelled is reported as such, beside the paper's figure, and
         # not resubmitted. (Cancelled at once: the recipe's full budget never runs.)
-        r = reproduce(base, token, out, "--recipes", PAPER, "--no-follow")
+        # (train_subset: the job must be runnable on the tests' small MNIST-format set too,
+        # so that it ends by the cancel and not by a data error first.)
+        r = reproduce(
+            base, token, out, "--recipes", PAPER, "--override", "task.params.train_subset=256",
+            "--no-follow",
+        )  # fmt: skip
         assert r.returncode == 0, r.stderr
         state = json.loads((out / "reproduce-state.json").read_text())
         [pid] = [j["id"] for j in state["recipes"][PAPER]["jobs"]]
