@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
-import json
 import logging
 import re
 
@@ -20,7 +19,7 @@ from service import health
 from service.catalog.routes import router as catalog_router
 from service.errors import install_error_handlers
 from service.jobs import routes as job_routes
-from service.security import RejectNulMiddleware, SecurityHeadersMiddleware
+from service.security import RejectNulMiddleware, SecurityHeadersMiddleware, send_json
 from service.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
@@ -95,18 +94,7 @@ class BodySizeLimitMiddleware:
 
     @staticmethod
     async def _reject(send: Send, limit: int) -> None:
-        body = json.dumps({"detail": f"request body over the limit of {limit} bytes"}).encode()
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 413,
-                "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(body)).encode()),
-                ],
-            }
-        )
-        await send({"type": "http.response.body", "body": body})
+        await send_json(send, 413, {"detail": f"request body over the limit of {limit} bytes"})
 
 
 class _TooManyValues(HTTPException):
@@ -164,18 +152,7 @@ class PredictValueLimitMiddleware:
         except _TooManyValues as exc:
             if started:
                 raise
-            body = json.dumps({"detail": exc.detail}).encode()
-            await send(
-                {
-                    "type": "http.response.start",
-                    "status": 422,
-                    "headers": [
-                        (b"content-type", b"application/json"),
-                        (b"content-length", str(len(body)).encode()),
-                    ],
-                }
-            )
-            await send({"type": "http.response.body", "body": body})
+            await send_json(send, 422, {"detail": exc.detail})
 
 
 def _optional_router(module_name: str):

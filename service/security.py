@@ -42,20 +42,8 @@ class RejectNulMiddleware:
             await self.app(scope, receive, send)
             return
         where = "the URL path" if loc == ["path"] else f"{loc[0]} {loc[1]!r}"
-        body = json.dumps(
-            {"detail": [{"loc": loc, "msg": f"{where} {NUL_MESSAGE}", "type": "value_error"}]}
-        ).encode()
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 422,
-                "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(body)).encode()),
-                ],
-            }
-        )
-        await send({"type": "http.response.body", "body": body})
+        detail = [{"loc": loc, "msg": f"{where} {NUL_MESSAGE}", "type": "value_error"}]
+        await send_json(send, 422, {"detail": detail})
 
 
 def find_nul(value: object, loc: tuple = ()) -> tuple | None:
@@ -155,3 +143,19 @@ class SecurityHeadersMiddleware:
             await send(message)
 
         await self.app(scope, receive, send_with_headers)
+
+
+async def send_json(send: Send, status: int, payload: object) -> None:
+    """A whole JSON response sent from ASGI middleware (before any route has answered)."""
+    body = json.dumps(payload).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
