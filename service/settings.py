@@ -47,6 +47,10 @@ class Settings(BaseSettings):
     # A job queued this long since its last send whose message the broker does not hold is
     # re-sent (a lost message); a duplicate would be a harmless no-op (the claim guards it).
     resend_queued_after_s: float = Field(10.0, gt=0)
+    # A delivered, unacknowledged message counts as held this long: the worker's fresh pool child
+    # imports the training stack before it claims (seconds on a busy machine); an older
+    # unclaimed delivery was taken by a worker that died, and its job is re-sent.
+    claim_within_s: float = Field(60.0, gt=0)
     metrics_flush_interval_s: float = Field(1.0, gt=0)
     cancel_poll_interval_s: float = Field(0.2, gt=0)
     # Intra-op threads of the training process (torch.set_num_threads); None keeps torch's

@@ -100,8 +100,8 @@ def _resend_lost(settings: Settings, enqueue) -> list[str]:
     A message can be lost: the broker was down at submit, Redis restarted without persistence,
     its keys were deleted, a filesystem-broker message was taken by a worker that died before
     claiming it. A job queued since its last send for over `resend_queued_after_s` whose id is
-    in no message the broker holds (waiting, or delivered less than `resend_queued_after_s` ago
-    and not yet acknowledged) is sent again. Should the
+    in no message the broker holds (waiting, or delivered less than `claim_within_s` ago and not
+    yet acknowledged: a fresh pool child imports torch before it claims) is sent again. Should the
     message have been in flight after all, the duplicate is harmless: the claim is a conditional
     UPDATE, so the second delivery finds the job running (or done) and does nothing.
     `updated_at` records the last (re)send: re-queues, sends and re-sends all set it.
@@ -147,7 +147,7 @@ def job_ids_in_broker(settings: Settings) -> set[str] | None:
     from service.enqueue import job_ids_in_broker as held
 
     try:
-        return held(settings, delivered_within_s=settings.resend_queued_after_s)
+        return held(settings, delivered_within_s=settings.claim_within_s)
     except Exception:  # the broker is down
         log.debug("broker contents unavailable", exc_info=True)
         return None

@@ -147,7 +147,7 @@ def test_redis_restart_jobs_still_run_once(stack, token, tmp_path):
 
 def test_message_taken_by_a_dead_worker_is_resent(stack, api, token):
     """A message delivered to a worker that died before claiming the job sits in Redis's
-    `unacked` hash until the 12 h visibility timeout: once older than the re-send bound it no
+    `unacked` hash until the 12 h visibility timeout: once older than `claim_within_s` it no
     longer counts as held, and the reaper re-sends the job (a fresh delivery still counts)."""
     from service.settings import Settings
     from worker.reaper import reap_once
@@ -165,6 +165,7 @@ def test_message_taken_by_a_dead_worker_is_resent(stack, api, token):
         broker_url=stack.env["CELIF_BROKER_URL"],
         data_dir=stack.data_dir,
         resend_queued_after_s=RESEND_AFTER_S,
+        claim_within_s=2 * RESEND_AFTER_S,
     )
     for age, resent in ((0.0, False), (10 * RESEND_AFTER_S, True)):
         time.sleep(RESEND_AFTER_S + 0.5)  # the job has been queued past the bound
