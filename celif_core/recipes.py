@@ -93,6 +93,16 @@ def _mnist(task: str, hidden: list[int], neuron: str = "celif", **neuron_params:
     }
 
 
+def _synthetic(task: str, params: dict[str, Any], *, lr: float) -> dict:
+    """The paper's synthetic-task runs: CE-LIF [64, 256, 256], batch 256, 5000 steps."""
+    return {
+        "task": {"name": task, "params": params},
+        "model": {"hidden": [64, 256, 256], "neuron_params": dict(PAPER_NEURON)},
+        "training": {"max_steps": 5000, "lr": lr, "batch_size": 256, "eval_every": 100,
+                     "checkpoint_every": 500},
+    }  # fmt: skip
+
+
 def _raw_recipes() -> list[tuple[str, str, str, dict, dict | None, dict | None]]:
     out = []
     paper_mnist = {
@@ -133,12 +143,7 @@ def _raw_recipes() -> list[tuple[str, str, str, dict, dict | None, dict | None]]
             TABLE_BASELINES, spec, _ref("test_accuracy", value), None,
         ))  # fmt: skip
     for seq_len in (100, 200, 500, 1000):
-        spec = {
-            "task": {"name": "adding", "params": {"seq_len": seq_len}},
-            "model": {"hidden": [64, 256, 256], "neuron_params": dict(PAPER_NEURON)},
-            "training": {"max_steps": 5000, "lr": 5e-4, "batch_size": 256, "eval_every": 100,
-                         "checkpoint_every": 500},
-        }  # fmt: skip
+        spec = _synthetic("adding", {"seq_len": seq_len}, lr=5e-4)
         out.append((
             f"paper/adding-{seq_len}",
             f"Adding problem T={seq_len}, CE-LIF [64,256,256]; the paper shows curves only "
@@ -146,12 +151,7 @@ def _raw_recipes() -> list[tuple[str, str, str, dict, dict | None, dict | None]]
             TABLE_ADDING, spec, None, None,
         ))  # fmt: skip
     for delay in (100, 200, 500, 1000):
-        spec = {
-            "task": {"name": "copy_memory", "params": {"delay": delay}},
-            "model": {"hidden": [64, 256, 256], "neuron_params": dict(PAPER_NEURON)},
-            "training": {"max_steps": 5000, "lr": 1e-3, "batch_size": 256, "eval_every": 100,
-                         "checkpoint_every": 500},
-        }  # fmt: skip
+        spec = _synthetic("copy_memory", {"delay": delay}, lr=1e-3)
         out.append((
             f"paper/copy_memory-{delay}",
             f"Copy memory, delay {delay} (T={delay + 20}), CE-LIF [64,256,256], 5000 steps "
