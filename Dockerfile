@@ -23,7 +23,7 @@ COPY celif_core ./celif_core
 COPY service ./service
 COPY worker ./worker
 COPY migrations ./migrations
-# Editable: the code (and migrations/, which service.db.migrate finds beside the packages) stays
+# Editable: the code (and migrations/, which jobstore.db.migrate finds beside the packages) stays
 # in /app; a plain wheel install would not carry migrations/.
 RUN pip install -e .
 

@@ -1,5 +1,5 @@
 """Alembic environment. URL precedence: a connection passed in `config.attributes["connection"]`,
-`-x url=...`, `sqlalchemy.url` (set by `service.db.migrate`), then the settings'
+`-x url=...`, `sqlalchemy.url` (set by `jobstore.db.migrate`), then the settings'
 `database_url`. On PostgreSQL an advisory lock serialises concurrent upgrades (several API
 replicas starting at once)."""
 
@@ -10,7 +10,7 @@ from logging.config import fileConfig
 from alembic import context
 from sqlalchemy import Connection, create_engine, pool, text
 
-from service.db.models import Base
+from jobstore.db.models import Base
 
 config = context.config
 if config.config_file_name is not None and config.attributes.get("configure_logging", True):
@@ -27,7 +27,7 @@ def _url() -> str:
     url = config.get_main_option("sqlalchemy.url")
     if url:
         return url
-    from service.settings import get_settings
+    from jobstore.settings import get_settings
 
     return get_settings().database_url
 

@@ -23,8 +23,8 @@ start() {
   local n="${1:-2}"
   psql -h 127.0.0.1 -U postgres -d test -tAc "SELECT 1 FROM pg_database WHERE datname='$DB'" |
     grep -q 1 || psql -h 127.0.0.1 -U postgres -d test -c "CREATE DATABASE $DB" >/dev/null
-  "$PY" -m service.cli db upgrade
-  [ -s "$DIR/token" ] || "$PY" -m service.cli token create --name repro > "$DIR/token"
+  "$PY" -m celif_cli.main db upgrade
+  [ -s "$DIR/token" ] || "$PY" -m celif_cli.main token create --name repro > "$DIR/token"
   if ! curl -sf "http://127.0.0.1:$PORT/healthz" >/dev/null; then
     nohup "$PY" -m uvicorn service.app:create_app --factory --host 127.0.0.1 --port "$PORT" \
       --log-level warning >> "$DIR/logs/api.log" 2>&1 &
@@ -32,7 +32,7 @@ start() {
   fi
   for i in $(seq 1 "$n"); do
     if [ -f "$DIR/worker$i.pid" ] && kill -0 "$(cat "$DIR/worker$i.pid")" 2>/dev/null; then continue; fi
-    nohup nice -n 5 "$PY" -m service.cli worker --loglevel INFO >> "$DIR/logs/worker$i.log" 2>&1 &
+    nohup nice -n 5 "$PY" -m celif_cli.main worker --loglevel INFO >> "$DIR/logs/worker$i.log" 2>&1 &
     echo $! > "$DIR/worker$i.pid"
   done
   echo "API http://127.0.0.1:$PORT  token: $DIR/token  logs: $DIR/logs"

@@ -15,12 +15,13 @@ from fastapi import FastAPI, HTTPException
 from fastapi.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from jobstore.settings import Settings, get_settings
 from service import health
 from service.catalog.routes import router as catalog_router
 from service.errors import install_error_handlers
 from service.jobs import routes as job_routes
+from service.jobs import sse
 from service.security import RejectNulMiddleware, SecurityHeadersMiddleware, send_json
-from service.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
 
@@ -171,8 +172,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         openapi_url="/openapi.json",
     )
     app.state.settings = settings
-    app.state.sse_poll_interval_s = job_routes.SSE_POLL_INTERVAL_S
-    app.state.sse_keepalive_s = job_routes.SSE_KEEPALIVE_S
+    app.state.sse_poll_interval_s = sse.POLL_INTERVAL_S
+    app.state.sse_keepalive_s = sse.KEEPALIVE_S
 
     install_error_handlers(app)
 

@@ -13,11 +13,11 @@ from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session, sessionmaker
 
+from jobstore.db.models import User
+from jobstore.db.session import get_sessionmaker, transaction
+from jobstore.settings import Settings
 from service.auth.service import verify_token
-from service.db.models import User
-from service.db.session import get_sessionmaker, transaction
 from service.errors import Unauthorized
-from service.settings import Settings
 
 _bearer = HTTPBearer(auto_error=False, description="an API token (`celif token create`)")
 
@@ -44,6 +44,14 @@ def get_session(factory: SessionFactoryDep) -> Iterator[Session]:
     """
     with transaction(factory) as session:
         yield session
+
+
+def end_unit_of_work(session: Session) -> None:
+    """Commit and close the request's session before the rest of the request, which reads no
+    database (a forward pass), so it holds no pooled connection. The request's own teardown then
+    finds nothing left to commit."""
+    session.commit()
+    session.close()
 
 
 # scope="function": the session is committed and closed when the endpoint returns, before the

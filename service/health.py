@@ -23,9 +23,9 @@ from prometheus_client import (
 from sqlalchemy import text
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.db.models import JOB_STATES
-from service.db.session import get_sessionmaker
-from service.settings import Settings
+from jobstore.db.models import JOB_STATES
+from jobstore.db.session import get_sessionmaker
+from jobstore.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -57,9 +57,9 @@ def check_database(settings: Settings) -> None:
 
 
 def check_broker(settings: Settings) -> None:
-    from service.enqueue import get_celery_app
+    from jobstore.queue import producer_app
 
-    app = get_celery_app(settings)
+    app = producer_app(settings)
     with app.connection_for_write() as conn:
         conn.ensure_connection(max_retries=1, timeout=2)
 
@@ -92,7 +92,7 @@ def readyz(request: Request) -> JSONResponse:
 @router.get("/metrics", response_class=Response)
 def metrics(request: Request) -> Response:
     """Prometheus exposition: jobs by state, queue depth, request latency."""
-    from service.jobs.repository import count_jobs_by_status
+    from jobstore.jobs import count_jobs_by_status
 
     try:
         with get_sessionmaker(_settings(request).database_url)() as s:
@@ -102,7 +102,7 @@ def metrics(request: Request) -> Response:
     except Exception:  # a scrape must still answer when the DB is down
         log.exception("could not count jobs for /metrics")
     try:
-        from service.enqueue import queue_depth
+        from jobstore.queue import queue_depth
 
         QUEUE_DEPTH.set(queue_depth(_settings(request)))
     except Exception:

@@ -1,9 +1,10 @@
-"""The Celery app. Imports no torch: the API imports this module to send tasks.
+"""The workers' Celery app and its process hooks. Imports no torch (the task module, which
+does, is loaded by the worker only).
 
-Broker from settings: Redis in production, kombu's filesystem transport under
-`settings.broker_dir` in the embedded default. Job state lives in the database, so there is no
-result backend. One job per worker process (one per GPU): concurrency 1, prefetch 1, late acks and
-reject-on-worker-lost so a message is never lost with a worker that dies mid-job.
+The broker configuration is the queue's (jobstore/queue.py): Redis in production, kombu's
+filesystem transport under `settings.broker_dir` in the embedded default; no result backend (job
+state lives in the database); one job per worker process (one per GPU): concurrency 1, prefetch 1,
+late acks and reject-on-worker-lost so a message is never lost with a worker that dies mid-job.
 """
 
 from __future__ import annotations
@@ -17,62 +18,10 @@ import time
 
 from celery import Celery, signals
 
-from service.settings import Settings, get_settings
+from jobstore.queue import make_celery
+from jobstore.settings import get_settings
 
 log = logging.getLogger(__name__)
-
-TASK_NAME = "celif.run_job"
-QUEUE = "celif"
-
-# A training job holds its (late-acked) message for its whole run. Redis re-delivers an unacked
-# message after the visibility timeout; a re-delivery is harmless (the claim is idempotent and a
-# live lease is never taken over) but pointless, so the timeout is far longer than any checkpoint
-# interval. Worker loss is detected by the heartbeat reaper long before this.
-VISIBILITY_TIMEOUT_S = 12 * 3600
-
-
-def broker_transport_options(settings: Settings) -> dict:
-    if settings.embedded:
-        root = settings.broker_dir.resolve()
-        folders = {
-            "data_folder_in": root / "queue",
-            "data_folder_out": root / "queue",  # one machine: producers and consumers share it
-            "processed_folder": root / "processed",
-            "control_folder": root / "control",
-        }
-        for path in folders.values():
-            path.mkdir(parents=True, exist_ok=True)
-        return {**{k: str(v) for k, v in folders.items()}, "store_processed": False}
-    return {"visibility_timeout": VISIBILITY_TIMEOUT_S}
-
-
-def make_celery(settings: Settings | None = None) -> Celery:
-    settings = settings or get_settings()
-    broker = settings.broker_url
-    if broker in ("filesystem://", "filesystem:"):
-        broker = "filesystem://localhost//"  # same transport; spares kombu's "no hostname" warning
-    app = Celery("celif", broker=broker, include=["worker.tasks"])
-    app.conf.update(
-        broker_transport_options=broker_transport_options(settings),
-        broker_connection_retry_on_startup=True,
-        task_default_queue=QUEUE,
-        task_acks_late=True,
-        task_reject_on_worker_lost=True,
-        task_ignore_result=True,
-        result_backend=None,
-        task_serializer="json",
-        accept_content=["json"],
-        worker_prefetch_multiplier=1,
-        worker_concurrency=1,
-        # A fresh pool process per job: no torch/CUDA state leaks from one job into the next.
-        worker_max_tasks_per_child=1,
-        worker_hijack_root_logger=False,
-        worker_send_task_events=False,
-        # The filesystem transport has no broadcast worth using; Redis keeps remote control.
-        worker_enable_remote_control=not settings.embedded,
-    )
-    return app
-
 
 _app: Celery | None = None
 _app_lock = threading.Lock()
@@ -84,7 +33,7 @@ def get_celery_app() -> Celery:
     global _app
     with _app_lock:
         if _app is None:
-            _app = make_celery()
+            _app = make_celery(include=("worker.tasks",))
             globals()["celery_app"] = _app
         return _app
 
@@ -101,7 +50,7 @@ def __getattr__(name: str) -> Celery:
 @signals.worker_process_init.connect
 def _fresh_db_pool(**_kwargs) -> None:
     """A forked pool process must not share the parent's pooled DB connections."""
-    from service.db.session import get_engine
+    from jobstore.db.session import get_engine
 
     get_engine(get_settings().database_url).dispose(close=False)
 

@@ -1,4 +1,7 @@
-"""Job lease transitions shared by the task and the reaper (torch-free).
+"""Job leases, shared by the task and the reaper (torch-free): claim, heartbeat, release.
+
+Claim and release are `jobstore.states.transition`s under a lease condition; the heartbeat
+refreshes a held lease.
 
 Every transition is a conditional UPDATE checked by rowcount, so two workers (or a worker and a
 reaper) racing on one job can never both win: a job is claimed by at most one live worker, and a
@@ -14,8 +17,8 @@ from typing import Any
 from sqlalchemy import and_, or_, select, update
 from sqlalchemy.orm import Session
 
-from service.db.models import TERMINAL_STATES, Job, utcnow
-from service.events import append_status_event
+from jobstore import states
+from jobstore.db.models import TERMINAL_STATES, Job, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -24,37 +27,29 @@ def stale_before(stale_after_s: float, now: datetime | None = None) -> datetime:
     return (now or utcnow()) - timedelta(seconds=stale_after_s)
 
 
+def stale_lease(stale_after_s: float):
+    """WHERE clause: the job's lease (if any) has not been refreshed for `stale_after_s`."""
+    return or_(Job.heartbeat_at.is_(None), Job.heartbeat_at < stale_before(stale_after_s))
+
+
 def claim(session: Session, job_id: str, worker_id: str, stale_after_s: float) -> Job | None:
     """Take the job if it is queued, or running under a lease that went stale. Caller commits.
 
-    Returns the claimed job (its `attempts` already counts this claim) or None.
+    Returns the claimed job (its `attempts` already counts this claim) or None. Its `running`
+    status event is the caller's to record (`states.record_status`) in this transaction, once
+    it knows where the job resumes from.
     """
-    now = utcnow()
-    result = session.execute(
-        update(Job)
-        .where(
-            Job.id == job_id,
-            or_(
-                Job.status == "queued",
-                and_(
-                    Job.status == "running",
-                    or_(Job.heartbeat_at.is_(None), Job.heartbeat_at < stale_before(stale_after_s)),
-                ),
-            ),
-        )
-        .values(
-            status="running",
-            worker_id=worker_id,
-            heartbeat_at=now,
-            attempts=Job.attempts + 1,
-            error=None,
-            updated_at=now,
-        )
-        .execution_options(synchronize_session=False)
+    return states.transition(
+        session,
+        job_id,
+        "running",
+        where=or_(Job.status == "queued", stale_lease(stale_after_s)),
+        record=False,
+        worker_id=worker_id,
+        heartbeat_at=utcnow(),
+        attempts=Job.attempts + 1,
+        error=None,
     )
-    if result.rowcount != 1:
-        return None
-    return session.get(Job, job_id, populate_existing=True)
 
 
 def holds_lease(job_id: str, worker_id: str):
@@ -62,13 +57,17 @@ def holds_lease(job_id: str, worker_id: str):
     return and_(Job.id == job_id, Job.worker_id == worker_id, Job.status == "running")
 
 
-def heartbeat(session: Session, job_id: str, worker_id: str, **values: Any) -> bool:
-    """Refresh the lease (and any progress `values`); False when the lease is lost."""
+def heartbeat(session: Session, job_id: str, worker_id: str, **progress: Any) -> bool:
+    """Refresh the lease and write progress (`states.PROGRESS_COLUMNS` only); False when the
+    lease is lost. Not a transition: the job stays `running`."""
+    unknown = set(progress) - states.PROGRESS_COLUMNS
+    if unknown:
+        raise ValueError(f"heartbeat may not write {sorted(unknown)}")
     now = utcnow()
     result = session.execute(
         update(Job)
         .where(holds_lease(job_id, worker_id))
-        .values(heartbeat_at=now, updated_at=now, **values)
+        .values(heartbeat_at=now, updated_at=now, **progress)
         .execution_options(synchronize_session=False)
     )
     return result.rowcount == 1
@@ -82,9 +81,10 @@ def release(
     *,
     stale_after_s: float | None = None,
     event: dict[str, Any] | None = None,
-    **values: Any,
+    **columns: Any,
 ) -> Job | None:
-    """Move a running job to `status` (terminal, or `queued` to re-queue it), with a status event.
+    """Move a running job to `status` (terminal, or `queued` to re-queue it), with a status event
+    (`states.transition`).
 
     With `worker_id` the caller must hold the lease; with `stale_after_s` instead (the reaper)
     the lease must be stale. Returns the job, or None when the condition no longer holds.
@@ -92,29 +92,11 @@ def release(
     """
     if worker_id is not None:
         condition = holds_lease(job_id, worker_id)
+    elif stale_after_s is not None:
+        condition = and_(Job.status == "running", stale_lease(stale_after_s))
     else:
-        if stale_after_s is None:
-            raise ValueError("release() needs worker_id or stale_after_s")
-        cutoff = stale_before(stale_after_s)
-        condition = and_(
-            Job.id == job_id,
-            Job.status == "running",
-            or_(Job.heartbeat_at.is_(None), Job.heartbeat_at < cutoff),
-        )
-    if status == "queued":
-        values = {"worker_id": None, "heartbeat_at": None, **values}
-    now = utcnow()
-    result = session.execute(
-        update(Job)
-        .where(condition)
-        .values(updated_at=now, **values)
-        .execution_options(synchronize_session=False)
-    )
-    if result.rowcount != 1:
-        return None
-    job = session.get(Job, job_id, populate_existing=True)
-    append_status_event(session, job, status, **(event or {}))
-    return job
+        raise ValueError("release() needs worker_id or stale_after_s")
+    return states.transition(session, job_id, status, where=condition, event=event, **columns)
 
 
 def is_terminal(status: str) -> bool:

@@ -19,9 +19,9 @@ from datetime import timedelta
 
 from sqlalchemy import select, update
 
-from service.db.models import Job, utcnow
-from service.db.session import session_scope
-from service.settings import Settings
+from jobstore.db.models import Job, utcnow
+from jobstore.db.session import session_scope
+from jobstore.settings import Settings
 from worker import lease
 
 log = logging.getLogger(__name__)
@@ -36,9 +36,9 @@ class ReapResult:
 
 
 def reap_once(settings: Settings, *, enqueue=None) -> ReapResult:
-    """One pass. `enqueue(job_id)` sends the task (default: service.enqueue.enqueue_job)."""
+    """One pass. `enqueue(job_id)` sends the task (default: jobstore.queue.enqueue_job)."""
     if enqueue is None:
-        from service.enqueue import enqueue_job as enqueue
+        from jobstore.queue import enqueue_job as enqueue
     out = ReapResult()
     url = settings.database_url
     cutoff = lease.stale_before(settings.stale_after_s)
@@ -144,7 +144,7 @@ def _resend_lost(settings: Settings, enqueue) -> list[str]:
 
 def job_ids_in_broker(settings: Settings) -> set[str] | None:
     """Ids of the jobs whose message the broker holds; None when the broker cannot be reached."""
-    from service.enqueue import job_ids_in_broker as held
+    from jobstore.queue import job_ids_in_broker as held
 
     try:
         return held(settings, delivered_within_s=settings.claim_within_s)

@@ -34,13 +34,16 @@ from typing import Any
 from celery import signals
 from sqlalchemy import delete, select
 
-from service.datasets.service import job_dataset_error
-from service.db.models import Checkpoint, Job, JobEvent, utcnow
-from service.db.session import get_engine, session_scope
-from service.events import append_event, append_metric_points, append_status_event
-from service.settings import Settings, get_settings
+from jobstore import states
+from jobstore.datasets import job_dataset_error
+from jobstore.db.models import Checkpoint, Job, JobEvent, utcnow
+from jobstore.db.session import get_engine, session_scope
+from jobstore.events import append_event, append_metric_points
+from jobstore.files import job_checkpoint_dir
+from jobstore.queue import TASK_NAME
+from jobstore.settings import Settings, get_settings
 from worker import lease
-from worker.app import SHUTDOWN_SIGNAL, TASK_NAME, celery_app
+from worker.app import SHUTDOWN_SIGNAL, celery_app
 
 log = logging.getLogger(__name__)
 
@@ -228,10 +231,9 @@ class JobRunner:
             job.step = resume_step
             self._step = resume_step
             self._latest = dict(job.latest_metrics or {})
-            append_status_event(
+            states.record_status(
                 session,
                 job,
-                "running",
                 worker=self.worker_id,
                 attempt=job.attempts,
                 resumed_from_step=resume_step if resume else None,
@@ -281,8 +283,7 @@ class JobRunner:
 
             torch.set_num_threads(self.settings.torch_threads)
         spec = validate_spec(spec_dict, limits=self.settings.spec_limits)
-        checkpoint_dir = Path(self.settings.storage_dir) / "checkpoints" / self.job_id
-        checkpoint_dir.mkdir(parents=True, exist_ok=True)
+        checkpoint_dir = job_checkpoint_dir(self.settings, self.job_id, create=True)
         trainer = Trainer(
             spec,
             checkpoint_dir=checkpoint_dir,
@@ -294,7 +295,7 @@ class JobRunner:
             # No checkpoint of its own yet: start from the source's copy the API installed.
             # (A re-run after a kill finds its own checkpoints above and never re-inits.)
             from celif_core.errors import TrainingError
-            from service.checkpoints.service import INIT_FILE
+            from jobstore.files import INIT_FILE
 
             if not (checkpoint_dir / INIT_FILE).is_file():
                 raise TrainingError(f"the init_from checkpoint copy {INIT_FILE} is missing")
@@ -338,7 +339,7 @@ class JobRunner:
                 raise LeaseLost()
         log.info("job %s %s at step %s", self.job_id, status, result.step)
         if status == "queued":
-            from service.enqueue import enqueue_job
+            from jobstore.queue import enqueue_job
 
             enqueue_job(self.job_id)  # after the commit
             return "requeued"
@@ -440,7 +441,7 @@ class JobRunner:
                 "job %s: could not record the error; leaving it to the reaper", self.job_id
             )
             raise
-        from service.enqueue import enqueue_job
+        from jobstore.queue import enqueue_job
 
         enqueue_job(self.job_id)  # after the commit: the row is `queued` before its message
         return "requeued"

@@ -12,7 +12,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from service.db.models import ApiToken, User, utcnow
+from jobstore.db.models import ApiToken, User, utcnow
 
 # last_used_at is refreshed at most this often, so reads do not write on every request.
 _LAST_USED_GRANULARITY = timedelta(minutes=5)

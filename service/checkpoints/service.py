@@ -7,16 +7,13 @@ upload leaves no file and no row.
 
 `init_from` is resolved at submission: the source (a job of the same user and one of its
 checkpoints, or an upload of the same user) must exist and have the new spec's model section;
-its file is copied into the new job's checkpoint directory (`INIT_FILE`), so the source's
+its file is copied into the new job's checkpoint directory (`jobstore.files.INIT_FILE`), so the source's
 retention or deletion cannot take it away from a queued job.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import uuid
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -24,20 +21,14 @@ from safetensors import SafetensorError, safe_open
 from sqlalchemy.orm import Session
 
 from celif_core.spec import JobSpec, SpecError, validate_spec
-from service.datasets.service import _copy_limited
-from service.db.models import UploadedCheckpoint, User, new_id
+from jobstore.db.models import UploadedCheckpoint, User, new_id
+from jobstore.files import relative_to_storage, uploads_dir
+from jobstore.settings import Settings
 from service.errors import NotFound, Unprocessable
 from service.jobs import service as jobs
-from service.settings import Settings
+from service.uploads import staged_upload
 
 METADATA_KEY = "celif"  # celif_core.checkpoint.METADATA_KEY (that module imports torch)
-INIT_FILE = "init_from.safetensors"
-
-
-def _uploads_dir(settings: Settings) -> Path:
-    path = Path(settings.storage_dir) / "uploads"
-    path.mkdir(parents=True, exist_ok=True)
-    return path
 
 
 def _inspect(path: Path) -> dict[str, Any]:
@@ -72,38 +63,24 @@ def _inspect(path: Path) -> dict[str, Any]:
 def create_upload(
     session: Session, user: User, settings: Settings, *, upload: BinaryIO, name: str
 ) -> UploadedCheckpoint:
-    root = _uploads_dir(settings)
-    tmp = root / f".upload-{uuid.uuid4().hex}.tmp"
-    final: Path | None = None
-    try:
-        with open(tmp, "wb") as fh:
-            size, sha256 = _copy_limited(upload, fh, settings.max_upload_bytes)
-            fh.flush()
-            os.fsync(fh.fileno())
-        facts = _inspect(tmp)
+    root = uploads_dir(settings)
+    with staged_upload(upload, root, settings.max_upload_bytes) as staged:
+        facts = _inspect(staged.path)
         ckpt_id = new_id()
         final = root / f"{ckpt_id}.safetensors"
         row = UploadedCheckpoint(
             id=ckpt_id,
             owner_id=user.id,
             name=name[:200],
-            path=final.relative_to(Path(settings.storage_dir)).as_posix(),
-            size=size,
-            sha256=sha256,
+            path=relative_to_storage(settings, final),
+            size=staged.size,
+            sha256=staged.sha256,
             step=facts["step"],
             spec=facts["spec"],
         )
         session.add(row)
-        session.flush()
-        os.replace(tmp, final)
-        session.commit()
-        return row
-    except BaseException:
-        session.rollback()
-        tmp.unlink(missing_ok=True)
-        if final is not None:
-            final.unlink(missing_ok=True)
-        raise
+        staged.store(session, final)
+    return row
 
 
 def get_owned_upload(session: Session, user: User, ckpt_id: str) -> UploadedCheckpoint:
@@ -152,13 +129,3 @@ def resolve_init_from(
             loc=("body", "init_from"),
         )
     return path
-
-
-def install_init_file(settings: Settings, job_id: str, source: Path) -> Path:
-    """Copy the source checkpoint to the new job's directory (atomically)."""
-    directory = Path(settings.storage_dir) / "checkpoints" / job_id
-    directory.mkdir(parents=True, exist_ok=True)
-    tmp = directory / f".{INIT_FILE}.{uuid.uuid4().hex}.tmp"
-    shutil.copyfile(source, tmp)
-    os.replace(tmp, directory / INIT_FILE)
-    return directory / INIT_FILE

@@ -4,7 +4,7 @@ lazily by the route."""
 from __future__ import annotations
 
 from celif_core.curves import render_curves as _render
-from service.db.models import JobEvent
+from jobstore.db.models import JobEvent
 
 MEDIA_TYPES = {"png": "image/png", "svg": "image/svg+xml"}
 

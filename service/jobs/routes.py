@@ -2,22 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
-import json
-import time
-from collections.abc import AsyncIterator
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Body, Header, Query, Request, Response
 from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
-from sqlalchemy.orm import Session, sessionmaker
-from starlette.concurrency import run_in_threadpool
 
-from service.db.models import TERMINAL_STATES
 from service.deps import CurrentUser, SessionDep, SessionFactoryDep, SettingsDep
-from service.errors import BadRequest
-from service.jobs import repository as repo
-from service.jobs import service
+from service.jobs import service, sse
 from service.jobs.schemas import (
     CheckpointOut,
     JobList,
@@ -25,11 +16,7 @@ from service.jobs.schemas import (
     MetricList,
     MetricPoint,
     ValidateOut,
-    event_payload,
 )
-
-# Event ids (`seq`) are PostgreSQL bigint: a larger `after` could only fail in the database.
-MAX_SEQ = 2**63 - 1
 
 router = APIRouter(prefix="/api/v1", tags=["jobs"])
 
@@ -47,11 +34,6 @@ SpecBody = Annotated[
     ),
 ]
 ERRORS = {401: {"description": "missing or invalid token"}, 404: {"description": "no such job"}}
-
-# SSE timing; `create_app` copies these onto app.state, where tests may shorten them.
-SSE_POLL_INTERVAL_S = 0.5
-SSE_KEEPALIVE_S = 15.0
-SSE_BATCH = 500
 
 
 @router.post(
@@ -131,7 +113,7 @@ def get_metrics(
     user: CurrentUser,
     session: SessionDep,
     after: Annotated[
-        int, Query(ge=0, le=MAX_SEQ, description="return points with seq > after")
+        int, Query(ge=0, le=sse.MAX_SEQ, description="return points with seq > after")
     ] = 0,
     limit: Annotated[int, Query(ge=1, le=10_000)] = 10_000,
 ) -> Any:
@@ -154,71 +136,28 @@ def job_events(
     session: SessionDep,
     factory: SessionFactoryDep,
     last_event_id: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
-    after: Annotated[int | None, Query(ge=0, le=MAX_SEQ, description="like Last-Event-ID")] = None,
+    after: Annotated[
+        int | None, Query(ge=0, le=sse.MAX_SEQ, description="like Last-Event-ID")
+    ] = None,
 ) -> StreamingResponse:
     """Server-Sent Events: every status/metric/checkpoint event of the job, in order, each with
     `id:` = its seq. Reconnect with `Last-Event-ID` to resume with no gap or duplicate. Comment
     lines keep idle connections alive; the stream ends with `event: end` once the job finished
     and everything was sent."""
     job = service.get_owned_job(session, user, job_id)
-    start = after if after is not None else _parse_last_event_id(last_event_id)
+    start = after if after is not None else sse.parse_last_event_id(last_event_id)
     state = request.app.state
     return StreamingResponse(
-        _event_stream(
+        sse.event_stream(
             factory,
             job.id,
             start,
-            poll_s=getattr(state, "sse_poll_interval_s", SSE_POLL_INTERVAL_S),
-            keepalive_s=getattr(state, "sse_keepalive_s", SSE_KEEPALIVE_S),
+            poll_s=getattr(state, "sse_poll_interval_s", sse.POLL_INTERVAL_S),
+            keepalive_s=getattr(state, "sse_keepalive_s", sse.KEEPALIVE_S),
         ),
         media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )
-
-
-def _parse_last_event_id(value: str | None) -> int:
-    if value is None or not value.strip():
-        return 0
-    try:
-        seq = int(value.strip())
-    except ValueError as exc:
-        raise BadRequest("Last-Event-ID must be an event id sent by this stream") from exc
-    if seq > MAX_SEQ:  # refused before the stream starts: the database's ids are bigint
-        raise BadRequest(f"Last-Event-ID {seq} is over the largest event id ({MAX_SEQ})")
-    return max(seq, 0)
-
-
-def _read_batch(factory: sessionmaker[Session], job_id: str, after: int) -> tuple[list, str | None]:
-    # The status is read *before* the events: a terminal status is committed together with its
-    # event, so once we see it, the following read includes that final event.
-    with factory() as s:
-        job = repo.get_job(s, job_id)
-        status = job.status if job is not None else None
-        rows = repo.list_events(s, job_id, after=after, limit=SSE_BATCH)
-        return [(e.id, e.kind, event_payload(e)) for e in rows], status
-
-
-async def _event_stream(
-    factory: sessionmaker[Session], job_id: str, after: int, *, poll_s: float, keepalive_s: float
-) -> AsyncIterator[str]:
-    yield "retry: 2000\n\n"
-    last_write = time.monotonic()
-    while True:
-        batch, status = await run_in_threadpool(_read_batch, factory, job_id, after)
-        for seq, kind, payload in batch:
-            yield f"id: {seq}\nevent: {kind}\ndata: {json.dumps(payload, allow_nan=False)}\n\n"
-            after = seq
-        if batch:
-            last_write = time.monotonic()
-        if status is None or (status in TERMINAL_STATES and len(batch) < SSE_BATCH):
-            yield f"event: end\ndata: {json.dumps({'status': status})}\n\n"
-            return
-        if len(batch) == SSE_BATCH:
-            continue  # more backlog: no sleep
-        if time.monotonic() - last_write >= keepalive_s:
-            yield ": keepalive\n\n"
-            last_write = time.monotonic()
-        await asyncio.sleep(poll_s)
 
 
 @router.get(
@@ -230,13 +169,10 @@ def get_curves(
     job_id: str, fmt: Literal["png", "svg"], user: CurrentUser, session: SessionDep
 ) -> Response:
     """The learning curves as an image: one panel per metric, one line per split."""
-    from service.jobs.curves import MEDIA_TYPES, render_curves
+    from service.jobs.curves import MEDIA_TYPES
 
-    job = service.get_owned_job(session, user, job_id)
-    events = repo.list_events(session, job.id, kinds=("metric",), limit=1_000_000)
-    title = f"{job.name or job.id} ({job.task_name}, {job.neuron}) - {job.status}"
     return Response(
-        render_curves(title, events, fmt),
+        service.curves_image(session, user, job_id, fmt),
         media_type=MEDIA_TYPES[fmt],
         headers={"Cache-Control": "no-store"},
     )

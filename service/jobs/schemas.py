@@ -8,7 +8,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from service.db.models import Checkpoint, Job, JobEvent
+from jobstore.db.models import Checkpoint, Job, JobEvent
 
 API_PREFIX = "/api/v1"
 

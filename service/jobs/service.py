@@ -18,14 +18,16 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from celif_core.spec import JobSpec, estimate, validate_spec
-from service.datasets.service import owned_dataset_facts
-from service.db.models import TERMINAL_STATES, Checkpoint, Job, JobEvent, User
-from service.enqueue import try_enqueue_job
+from jobstore import jobs as repo
+from jobstore import states
+from jobstore.datasets import owned_dataset_facts
+from jobstore.db.models import TERMINAL_STATES, Checkpoint, Job, JobEvent, User
+from jobstore.db.session import after_commit, after_rollback
+from jobstore.files import install_init_file, job_checkpoint_dir
+from jobstore.queue import try_enqueue_job
+from jobstore.settings import Settings
 from service.errors import BadRequest, Conflict, NotFound, Unprocessable
-from service.events import append_status_event
-from service.jobs import repository as repo
 from service.security import NUL_MESSAGE, find_nul
-from service.settings import Settings
 
 MAX_PAGE = 200
 MAX_IDEMPOTENCY_KEY = 200
@@ -86,7 +88,7 @@ def submit_job(
     *,
     idempotency_key: str | None = None,
 ) -> Submitted:
-    """Validate, store as `queued`, commit, then enqueue (a worker always finds the row).
+    """Validate and store as `queued`; the job is enqueued after the unit of work commits.
 
     With an `Idempotency-Key`, a replay (same user, same key) returns the stored job and queues
     nothing; concurrent replays race on the (owner, key) unique constraint and all but one
@@ -116,24 +118,23 @@ def submit_job(
         step=0,
     )
     try:
-        repo.add_job(session, job)
-        append_status_event(session, job, "queued")
-        if init_source is not None:
-            from service.checkpoints.service import install_init_file
-
-            install_init_file(settings, job.id, init_source)
-        session.commit()
+        repo.add_job(session, job)  # flushes: a concurrent replay's key collides here
     except IntegrityError:
         session.rollback()
-        if init_source is not None and job.id:
-            shutil.rmtree(Path(settings.storage_dir) / "checkpoints" / job.id, ignore_errors=True)
         if idempotency_key is None:
             raise
         existing = repo.get_job_by_idempotency_key(session, user.id, idempotency_key)
         if existing is None:
             raise
         return Submitted(_check_replay(existing, spec_dict), created=False)
-    try_enqueue_job(job.id, settings)
+    states.record_status(session, job)
+    if init_source is not None:
+        install_init_file(settings, job.id, init_source)
+        directory = job_checkpoint_dir(settings, job.id)
+        after_rollback(session, lambda: shutil.rmtree(directory, ignore_errors=True))
+    # The message is sent once the request's unit of work has committed the row (a worker
+    # always finds it); if the broker is down the reaper re-sends it.
+    after_commit(session, lambda: try_enqueue_job(job.id, settings))
     return Submitted(job, created=True)
 
 
@@ -200,10 +201,17 @@ def cancel_job(session: Session, user: User, job_id: str) -> Job:
     job = get_owned_job(session, user, job_id, for_update=True)
     if job.status in TERMINAL_STATES:
         raise Conflict(f"job {job.id} already finished as {job.status}")
-    job.cancel_requested = True
     if job.status == "queued":
-        append_status_event(session, job, "cancelled", reason="cancelled by user")
-    session.commit()
+        states.transition(
+            session,
+            job.id,
+            "cancelled",
+            event={"reason": "cancelled by user"},
+            cancel_requested=True,
+        )
+    else:  # running: its worker sees the flag within a step and ends the job as cancelled
+        job.cancel_requested = True
+    session.flush()
     return job
 
 
@@ -232,7 +240,7 @@ def resolve_checkpoint(
     validation metric yet). 404 when there is none, or when its file is gone.
     """
     if storage_dir is None:
-        from service.settings import get_settings
+        from jobstore.settings import get_settings
 
         storage_dir = get_settings().storage_dir
     ckpt = None if "\x00" in ref else repo.get_checkpoint(session, job.id, ref)
@@ -247,3 +255,13 @@ def resolve_checkpoint(
     if not path.is_file():
         raise NotFound(f"checkpoint {ckpt.id} is registered but its file is missing")
     return ckpt, path
+
+
+def curves_image(session: Session, user: User, job_id: str, fmt: str) -> bytes:
+    """The job's learning curves (one panel per metric, one line per split) as PNG or SVG."""
+    from service.jobs.curves import render_curves
+
+    job = get_owned_job(session, user, job_id)
+    events = repo.list_events(session, job.id, kinds=("metric",), limit=1_000_000)
+    title = f"{job.name or job.id} ({job.task_name}, {job.neuron}) - {job.status}"
+    return render_curves(title, events, fmt)

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import time
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, Query, Request, Response, status
 
-from service.deps import CurrentUser, SessionDep, SettingsDep
+from service.deps import CurrentUser, SessionDep, SettingsDep, end_unit_of_work
+from service.jobs.service import get_owned_job
 from service.predict import service
 from service.predict.schemas import (
     ChunkResponse,
@@ -41,16 +43,21 @@ def predict(
     settings: SettingsDep,
     runtime: RuntimeDep,
 ) -> dict:
-    return service.predict(
+    started = time.perf_counter()
+    returns = list(body.return_)
+    target = service.predict_target(
         session,
         user,
         job_id,
         inputs=body.inputs,
         checkpoint=body.checkpoint,
-        returns=list(body.return_),
+        returns=returns,
         spikes_layer=body.spikes_layer,
         settings=settings,
-        runtime=runtime,
+    )
+    end_unit_of_work(session)  # the forward pass reads no database
+    return service.predict(
+        target, returns=returns, spikes_layer=body.spikes_layer, runtime=runtime, started=started
     )
 
 
@@ -81,8 +88,10 @@ def feed_chunk(
     settings: SettingsDep,
     runtime: RuntimeDep,
 ) -> dict:
+    get_owned_job(session, user, job_id)
+    end_unit_of_work(session)
     return service.feed_chunk(
-        session, user, job_id, stream_id, inputs=body.inputs, settings=settings, runtime=runtime
+        user, job_id, stream_id, inputs=body.inputs, settings=settings, runtime=runtime
     )
 
 

@@ -18,11 +18,11 @@ import numpy as np
 from sqlalchemy.orm import Session
 
 from celif_core.spec import NO_LIMITS, JobSpec, SpecError, validate_spec
-from service.datasets.service import job_dataset_error
-from service.db.models import Checkpoint, Job, User
+from jobstore.datasets import job_dataset_error
+from jobstore.db.models import Checkpoint, Job, User
+from jobstore.settings import Settings
 from service.errors import NotFound, ServiceError, Unprocessable
 from service.jobs.service import get_owned_job, resolve_checkpoint
-from service.settings import Settings
 
 # Tasks whose networks were trained on one sequence length; others (adding) generalise to any T
 # up to the TE table (CE-LIF) or MAX_FREE_STEPS.
@@ -176,7 +176,20 @@ def _resolve(
 
 
 # ----------------------------------------------------------------------------- predict
-def predict(
+@dataclass(frozen=True)
+class PredictTarget:
+    """What a predict request read from the database: the job's spec, the checkpoint and its
+    file. The forward pass that follows needs no database (the route ends the unit of work
+    in between, so a long forward pass holds no pooled connection)."""
+
+    job_id: str
+    spec: JobSpec
+    checkpoint: Checkpoint
+    path: Path
+    inputs: Any  # parsed, validated [N, T, input_size] array
+
+
+def predict_target(
     session: Session,
     user: User,
     job_id: str,
@@ -186,11 +199,7 @@ def predict(
     returns: list[str],
     spikes_layer: int,
     settings: Settings,
-    runtime: Runtime,
-) -> dict[str, Any]:
-    from service import inference
-
-    start = time.perf_counter()
+) -> PredictTarget:
     job = get_owned_job(session, user, job_id)
     spec = _spec_of(session, job)
     # Validate before touching the checkpoint: a bad payload is a 422 even on a job without one.
@@ -203,15 +212,29 @@ def predict(
             loc=("body", "spikes_layer"),
         )
     ckpt, path = resolve_checkpoint(session, job, checkpoint, storage_dir=settings.storage_dir)
-    session.close()  # release the DB connection before the forward pass
-    loaded, cached = _load(runtime, ckpt, path)
-    body = inference.predict(loaded, x, returns=frozenset(returns), spikes_layer=spikes_layer)
+    return PredictTarget(job_id, spec, ckpt, path, x)
+
+
+def predict(
+    target: PredictTarget,
+    *,
+    returns: list[str],
+    spikes_layer: int,
+    runtime: Runtime,
+    started: float,
+) -> dict[str, Any]:
+    from service import inference
+
+    loaded, cached = _load(runtime, target.checkpoint, target.path)
+    body = inference.predict(
+        loaded, target.inputs, returns=frozenset(returns), spikes_layer=spikes_layer
+    )
     return {
-        "job_id": job_id,
-        "checkpoint": _checkpoint_ref(ckpt),
+        "job_id": target.job_id,
+        "checkpoint": _checkpoint_ref(target.checkpoint),
         **body,
         "cached": cached,
-        "elapsed_ms": round((time.perf_counter() - start) * 1000, 3),
+        "elapsed_ms": round((time.perf_counter() - started) * 1000, 3),
     }
 
 
@@ -254,7 +277,6 @@ def _get_stream(runtime: Runtime, user: User, job_id: str, stream_id: str) -> An
 
 
 def feed_chunk(
-    session: Session,
     user: User,
     job_id: str,
     stream_id: str,
@@ -263,10 +285,10 @@ def feed_chunk(
     settings: Settings,
     runtime: Runtime,
 ) -> dict[str, Any]:
+    """One chunk into an open stream (the route has checked the job is the user's; a stream
+    holds its model, so no database is read here)."""
     from service import inference
 
-    get_owned_job(session, user, job_id)
-    session.close()
     stream = _get_stream(runtime, user, job_id, stream_id)
     spec = stream.loaded.spec
     x = parse_inputs(inputs, spec, max_sequences=settings.max_predict_sequences, chunk=True)

@@ -8,8 +8,8 @@ import io
 import numpy as np
 from sqlalchemy import select
 
-from service.db.models import Job, User
-from service.db.session import session_scope
+from jobstore.db.models import Job, User
+from jobstore.db.session import session_scope
 
 
 def _npz() -> bytes:

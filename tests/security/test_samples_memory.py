@@ -12,8 +12,8 @@ import numpy as np
 from sqlalchemy import select
 
 from celif_core.spec import validate_spec
-from service.db.models import Job, User
-from service.db.session import session_scope
+from jobstore.db.models import Job, User
+from jobstore.db.session import session_scope
 
 
 def _store_job(db_url: str, spec: dict) -> str:

@@ -25,11 +25,11 @@ import uvicorn
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
+from jobstore.db.migrate import upgrade_database
+from jobstore.db.session import get_engine, session_scope
+from jobstore.settings import Settings, reset_settings
 from service.app import create_app
 from service.auth.service import create_user_and_token
-from service.db.migrate import upgrade_database
-from service.db.session import get_engine, session_scope
-from service.settings import Settings, get_settings
 
 PG_ADMIN_URL = os.environ.get(
     "CELIF_TEST_PG_ADMIN_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
@@ -187,9 +187,9 @@ def _isolated_env(monkeypatch: pytest.MonkeyPatch, request) -> Iterator[None]:
         monkeypatch.setenv("CELIF_BROKER_URL", s.broker_url)
         monkeypatch.setenv("CELIF_DATA_DIR", str(s.data_dir))
         monkeypatch.setenv("CELIF_STORAGE_DIR", str(s.storage_dir))
-    get_settings.cache_clear()
+    reset_settings()
     yield
-    get_settings.cache_clear()
+    reset_settings()
 
 
 @pytest.fixture

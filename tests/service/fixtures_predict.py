@@ -16,8 +16,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from jobstore.settings import Settings
 from service.app import create_app
-from service.settings import Settings
 from tests.service.conftest import ServerThread
 from tests.service.predict_helpers import (
     MNIST_DIR,

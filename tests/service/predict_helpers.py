@@ -25,8 +25,8 @@ from typing import Any
 import httpx
 from sqlalchemy import select
 
-from service.db.models import Checkpoint, Job, User
-from service.db.session import session_scope
+from jobstore.db.models import Checkpoint, Job, User
+from jobstore.db.session import session_scope
 from tests.helpers import free_port, wait_for
 
 REPO = Path(__file__).resolve().parents[2]
@@ -146,7 +146,7 @@ class EmbeddedServer:
             self.lines.append(line)
 
     def __enter__(self) -> EmbeddedServer:
-        cmd = [sys.executable, "-m", "service.cli", "serve", "--port", str(self.port), "--data-dir", str(self.data_dir), "--loglevel", "WARNING"]  # fmt: skip
+        cmd = [sys.executable, "-m", "celif_cli.main", "serve", "--port", str(self.port), "--data-dir", str(self.data_dir), "--loglevel", "WARNING"]  # fmt: skip
         self.proc = subprocess.Popen(
             cmd, env=self.env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
             text=True, start_new_session=True,

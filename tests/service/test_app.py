@@ -8,8 +8,8 @@ from pathlib import Path
 
 import httpx
 
+from jobstore.settings import Settings
 from service.app import create_app
-from service.settings import Settings
 
 from .conftest import ServerThread
 from .helpers import small_spec
@@ -133,7 +133,7 @@ def test_openapi_lists_the_routes(anon):
 
 def test_importing_the_app_does_not_import_torch():
     code = (
-        "import sys; import service.app, service.jobs.routes, service.health, service.events; "
+        "import sys; import service.app, service.jobs.routes, service.health, jobstore.events; "
         "service.app.create_app(); "
         "bad = sorted(m for m in ('torch', 'celif_core.models', 'celery') if m in sys.modules); "
         "print(bad); sys.exit(1 if bad else 0)"

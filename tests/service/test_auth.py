@@ -7,9 +7,9 @@ import hashlib
 import pytest
 from sqlalchemy import select
 
+from jobstore.db.models import ApiToken, User
+from jobstore.db.session import session_scope
 from service.auth.service import create_user_and_token, revoke_token, verify_token
-from service.db.models import ApiToken, User
-from service.db.session import session_scope
 
 ROUTES = [
     ("GET", "/api/v1/jobs"),

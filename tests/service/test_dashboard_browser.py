@@ -16,8 +16,8 @@ from selenium.webdriver.common.action_chains import ActionChains
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import Select, WebDriverWait
 
-from service.db.models import Job
-from service.db.session import session_scope
+from jobstore.db.models import Job
+from jobstore.db.session import session_scope
 from tests.service.predict_helpers import REPO, EmbeddedServer, make_job
 
 pytest_plugins = ["tests.service.fixtures_predict"]

@@ -150,20 +150,24 @@ def test_too_big_upload_is_413_and_leaves_nothing(pclient, db, psettings):
 
 def test_too_big_upload_without_content_length_is_refused_by_the_service(tmp_path):
     """The service's own streaming limit (behind the middleware's Content-Length check)."""
-    from service.datasets.service import _copy_limited
     from service.errors import PayloadTooLarge
+    from service.uploads import copy_limited, staged_upload
 
     with pytest.raises(PayloadTooLarge, match="1024"):
-        _copy_limited(io.BytesIO(b"x" * 5000), io.BytesIO(), 1024)
+        copy_limited(io.BytesIO(b"x" * 5000), io.BytesIO(), 1024)
+    with pytest.raises(PayloadTooLarge):  # staged: the temp file is gone too
+        with staged_upload(io.BytesIO(b"x" * 5000), tmp_path, 1024):
+            pass
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_dataset_facts_resolver(pclient, db, psettings, tokens):
     from sqlalchemy import select
 
     from celif_core.spec import validate_spec
+    from jobstore.db.models import User
+    from jobstore.db.session import session_scope
     from service.datasets.service import dataset_facts
-    from service.db.models import User
-    from service.db.session import session_scope
 
     x, y = toy_classification()
     ds = _upload(pclient, npz(x=x, y=y)).json()

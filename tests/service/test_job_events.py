@@ -11,9 +11,10 @@ import httpx
 import pytest
 from sqlalchemy import select
 
-from service.db.models import Checkpoint, Job
-from service.db.session import session_scope
-from service.events import append_event, append_metric_points, append_status_event
+from jobstore.db.models import Checkpoint, Job
+from jobstore.db.session import session_scope
+from jobstore.events import append_event, append_metric_points
+from jobstore.states import IllegalTransition, can_follow, transition
 
 from .helpers import small_spec
 
@@ -37,8 +38,11 @@ def write_points(db: str, job_id: str, pts: list[dict]) -> None:
 
 
 def set_status(db: str, job_id: str, status: str, **data) -> None:
+    """Move the job to `status` as a worker would (a queued job runs before it finishes)."""
     with session_scope(db) as s:
-        append_status_event(s, s.get(Job, job_id), status, **data)
+        if not can_follow(s.get(Job, job_id).status, status):
+            assert transition(s, job_id, "running", worker_id="test-worker") is not None
+        assert transition(s, job_id, status, event=data) is not None
 
 
 # ----------------------------------------------------------------------------- metrics
@@ -281,15 +285,15 @@ def test_large_download_streams(client, db, settings):
         assert r.headers["x-checkpoint-sha256"] == h.hexdigest()
 
 
-def test_append_status_event_sets_status_and_timestamps(client, db):
+def test_transition_sets_status_and_timestamps(client, db):
     job_id = submit(client)
     set_status(db, job_id, "running", attempt=1)
     with session_scope(db) as s:
         job = s.get(Job, job_id)
         assert job.status == "running" and job.started_at is not None and job.finished_at is None
         started = job.started_at
-        with pytest.raises(ValueError, match="unknown job status"):
-            append_status_event(s, job, "exploded")
+        with pytest.raises(IllegalTransition, match="unknown job status"):
+            transition(s, job_id, "exploded")
     set_status(db, job_id, "running", attempt=2)  # a resumed job keeps its first start time
     set_status(db, job_id, "failed", error="NaN loss")
     body = client.get(f"/api/v1/jobs/{job_id}").json()

@@ -7,9 +7,9 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from sqlalchemy import func, select
 
-from service.db.models import Job, JobEvent
-from service.db.session import session_scope
-from service.events import append_status_event
+from jobstore.db.models import Job, JobEvent
+from jobstore.db.session import session_scope
+from jobstore.states import transition
 
 from .helpers import small_spec
 
@@ -319,7 +319,7 @@ def test_cancel_queued_job(client, db):
 def test_cancel_running_job_requests_stop(client, db):
     job = client.post("/api/v1/jobs", json=small_spec()).json()
     with session_scope(db) as s:
-        append_status_event(s, s.get(Job, job["id"]), "running", worker="w1")
+        transition(s, job["id"], "running", event={"worker": "w1"}, worker_id="w1")
     r = client.post(f"/api/v1/jobs/{job['id']}/cancel")
     assert r.status_code == 200
     assert r.json()["status"] == "running"

@@ -7,8 +7,8 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import create_engine, inspect
 
-from service.db.migrate import downgrade_database, heads, upgrade_database
-from service.db.models import Base
+from jobstore.db.migrate import downgrade_database, heads, upgrade_database
+from jobstore.db.models import Base
 
 from .conftest import create_pg_database, drop_pg_database
 

@@ -3,7 +3,7 @@
 import pytest
 from pydantic import ValidationError
 
-from service.settings import Settings
+from jobstore.settings import Settings
 
 
 def test_embedded_defaults_live_under_the_data_dir(tmp_path):

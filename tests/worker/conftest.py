@@ -53,7 +53,7 @@ def adding_spec(**training: Any) -> dict[str, Any]:
 
 
 def migrate(url: str) -> None:
-    from service.db.migrate import upgrade_database
+    from jobstore.db.migrate import upgrade_database
 
     upgrade_database(url)
 
@@ -68,7 +68,7 @@ class Stack:
     workers: list[WorkerProcess] = field(default_factory=list)
 
     def session(self):
-        from service.db.session import session_scope
+        from jobstore.db.session import session_scope
 
         return session_scope(self.database_url)
 
@@ -93,7 +93,7 @@ def fresh_database(prefix: str) -> Iterator[str]:
         migrate(url)
         yield url
     finally:
-        from service.db.session import get_engine
+        from jobstore.db.session import get_engine
 
         get_engine(url).dispose()
         with psycopg.connect(PG_ADMIN_DSN, autocommit=True) as conn:
@@ -179,7 +179,7 @@ class WorkerProcess:
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> WorkerProcess:
-        cmd = [sys.executable, "-m", "service.cli", "worker", "--loglevel", "INFO"]
+        cmd = [sys.executable, "-m", "celif_cli.main", "worker", "--loglevel", "INFO"]
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(
                 cmd, env=self.env, cwd=REPO, stdout=log, stderr=log, start_new_session=True

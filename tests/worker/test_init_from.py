@@ -149,7 +149,7 @@ def test_killed_init_from_job_resumes_from_its_own_checkpoint(client: Client, st
     assert done["attempts"] == 2 and done["progress"]["step"] == 600
     from sqlalchemy import select
 
-    from service.db.models import JobEvent
+    from jobstore.db.models import JobEvent
 
     with stack.session() as s:
         runs = s.scalars(

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from service.db.models import Checkpoint, Job, JobEvent
+from jobstore.db.models import Checkpoint, Job, JobEvent
 from tests.worker.conftest import (
     ApiProcess,
     Client,

@@ -9,9 +9,9 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import select
 
+from jobstore.db.models import Job, JobEvent, utcnow
+from jobstore.settings import Settings
 from service.auth.service import get_or_create_user
-from service.db.models import Job, JobEvent, utcnow
-from service.settings import Settings
 from worker import lease
 from worker.reaper import reap_once
 
@@ -145,13 +145,13 @@ def test_infrastructure_error_is_retried_then_fails(db, make_job, tmp_path, monk
     commit and after an exponential backoff with jitter, counted per cause in the status
     events; once the first error is older than `infra_retry_budget_s` the job fails with the
     reason and the counts. Retries give their claim back: `attempts` counts worker losses."""
-    import service.enqueue
+    import jobstore.queue
     from worker.tasks import JobRunner
 
     from .conftest import adding_spec
 
     sent: list[str] = []
-    monkeypatch.setattr(service.enqueue, "enqueue_job", sent.append)
+    monkeypatch.setattr(jobstore.queue, "enqueue_job", sent.append)
     job_id = make_job()
     with db.session() as s:
         s.get(Job, job_id).spec = adding_spec()

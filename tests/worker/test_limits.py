@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from sqlalchemy import select
 
+from jobstore.db.models import Job, JobEvent
+from jobstore.settings import Settings
 from service.auth.service import get_or_create_user
-from service.db.models import Job, JobEvent
 from service.jobs.service import submit_job
-from service.settings import Settings
 from tests.worker.conftest import Stack, WorkerProcess, adding_spec, wait_for
 
 NO_PARAMETER_LIMIT = str(2**62)

@@ -13,7 +13,7 @@ def quiet_broker(stack: Stack):
     """Each test here counts the broker's messages and re-sends: start it from no live worker,
     no unfinished job and an empty broker database (earlier worker tests on the same session
     stack may leave a cancelled job's message or a queued job behind)."""
-    from service.db.models import Job
+    from jobstore.db.models import Job
 
     for w in stack.workers:
         w.kill()

@@ -150,14 +150,14 @@ def test_message_taken_by_a_dead_worker_is_resent(stack, api, token):
     """A message delivered to a worker that died before claiming the job sits in Redis's
     `unacked` hash until the 12 h visibility timeout: once older than `claim_within_s` it no
     longer counts as held, and the reaper re-sends the job (a fresh delivery still counts)."""
-    from service.settings import Settings
+    from jobstore.settings import Settings
     from worker.reaper import reap_once
 
     client = Client(stack, token)
     r = redis.Redis.from_url(stack.env["CELIF_BROKER_URL"])
     job = client.submit(SPEC)["id"]
     message = r.rpop("celif")  # what a worker's BRPOP takes ...
-    from service.enqueue import _job_id_of
+    from jobstore.queue import _job_id_of
 
     assert message is not None and _job_id_of(message) == job
     settings = Settings(
@@ -178,6 +178,6 @@ def test_message_taken_by_a_dead_worker_is_resent(stack, api, token):
         assert (sent == [job]) is resent, (age, sent)
     r.delete("unacked", "unacked_index")
     with stack.session() as s:
-        from service.db.models import Job
+        from jobstore.db.models import Job
 
         s.get(Job, job).status = "cancelled"  # leave nothing queued for the other tests

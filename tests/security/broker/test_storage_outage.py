@@ -10,7 +10,7 @@ import time
 
 from sqlalchemy import select
 
-from service.db.models import JobEvent
+from jobstore.db.models import JobEvent
 from tests.helpers import wait_for
 from tests.worker.conftest import Client, WorkerProcess, adding_spec
 

@@ -7,9 +7,8 @@ transport under `data_dir`.
 
 from __future__ import annotations
 
-from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -131,6 +130,27 @@ class Settings(BaseSettings):
         return self.data_dir / "broker"
 
 
-@lru_cache
+_current: Settings | None = None
+
+
 def get_settings() -> Settings:
-    return Settings()
+    """The process's settings: read from the environment / `.env` on first use, or the ones
+    `configure_settings` made."""
+    global _current
+    if _current is None:
+        _current = Settings()
+    return _current
+
+
+def configure_settings(**overrides: Any) -> Settings:
+    """Make the process's settings the environment's with `overrides` on top (e.g. a command's
+    `--data-dir`), without writing the environment; `get_settings()` returns them from now on."""
+    global _current
+    _current = Settings(**overrides)
+    return _current
+
+
+def reset_settings() -> None:
+    """Forget the process's settings: the next `get_settings()` reads the environment again."""
+    global _current
+    _current = None

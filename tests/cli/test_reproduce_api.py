@@ -12,8 +12,8 @@ from datetime import UTC, datetime
 
 import pytest
 
-from service.reproduce import plan, report
-from service.reproduce.api import ApiError, Client, format_detail
+from celif_cli.reproduce import plan, report
+from celif_cli.reproduce.api import ApiError, Client, format_detail
 from tests.helpers import free_port
 
 CATALOG = [
@@ -341,7 +341,7 @@ def test_wrong_url_is_a_clear_error():
 def test_cli_bad_args_name_the_flag(tmp_path):
     def celif(*args, env=None):
         return subprocess.run(
-            [sys.executable, "-m", "service.cli", "reproduce", *args],
+            [sys.executable, "-m", "celif_cli.main", "reproduce", *args],
             capture_output=True, text=True, timeout=60, env=env,
         )  # fmt: skip
 

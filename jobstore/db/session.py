@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import logging
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from functools import lru_cache
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
+
+log = logging.getLogger(__name__)
 
 
 @lru_cache
@@ -41,14 +44,42 @@ def session_scope(url: str) -> Iterator[Session]:
 
 @contextmanager
 def transaction(factory: sessionmaker[Session]) -> Iterator[Session]:
-    """A session from ``factory`` as one transaction: commit on success, roll back on error,
-    always closed."""
+    """A session from ``factory`` as one unit of work: commit on success, roll back on error,
+    always closed. The unit of work (a request, a worker's step) owns the commit: the code it
+    calls flushes and registers what must happen once the outcome is known (`after_commit`,
+    `after_rollback`), e.g. the job's message sent only once its row is committed."""
     session = factory()
     try:
         yield session
         session.commit()
     except BaseException:
         session.rollback()
+        _run(session, _ROLLBACK)
         raise
     finally:
         session.close()
+    _run(session, _COMMIT)
+
+
+_COMMIT, _ROLLBACK = "celif.after_commit", "celif.after_rollback"
+
+
+def after_commit(session: Session, callback: Callable[[], object]) -> None:
+    """Call `callback` once this unit of work has committed (not if it rolls back)."""
+    session.info.setdefault(_COMMIT, []).append(callback)
+
+
+def after_rollback(session: Session, callback: Callable[[], object]) -> None:
+    """Call `callback` if this unit of work rolls back (e.g. remove a file stored for a row that
+    was never committed)."""
+    session.info.setdefault(_ROLLBACK, []).append(callback)
+
+
+def _run(session: Session, key: str) -> None:
+    callbacks = session.info.pop(key, [])
+    session.info.pop(_ROLLBACK if key == _COMMIT else _COMMIT, None)
+    for callback in callbacks:
+        try:
+            callback()
+        except Exception:  # the outcome is settled; a failed follow-up must not undo or mask it
+            log.exception("after-%s callback failed", "commit" if key == _COMMIT else "rollback")

@@ -7,8 +7,8 @@
     celif reproduce --recipes NAME|GLOB|SET ... [--url URL] [--token T] [--out DIR] ...
     celif train ...            (the library's trainer without a server: celif_core.cli)
 
-Settings come from CELIF_* environment variables / `.env` (service/settings.py); `--data-dir`
-sets CELIF_DATA_DIR before they are read. Nothing here imports torch except `train`.
+Settings come from CELIF_* environment variables / `.env` (jobstore/settings.py); `--data-dir`
+overrides the data directory (for `serve`, also in the workers it starts). Nothing here imports torch except `train`.
 """
 
 from __future__ import annotations
@@ -42,13 +42,12 @@ DEMO_SPEC = {
 
 # ----------------------------------------------------------------------------- settings
 def _apply_data_dir(data_dir: str | None):
-    """Point the settings at `data_dir` (before they are first read) and return them."""
-    from service.settings import get_settings
+    """The process's settings, with `--data-dir` on top of the environment when given."""
+    from jobstore.settings import configure_settings
 
-    if data_dir is not None:
-        os.environ["CELIF_DATA_DIR"] = str(Path(data_dir).expanduser().resolve())
-    get_settings.cache_clear()
-    return get_settings()
+    if data_dir is None:
+        return configure_settings()
+    return configure_settings(data_dir=Path(data_dir).expanduser().resolve())
 
 
 def _prepare_dirs(settings) -> None:
@@ -57,7 +56,7 @@ def _prepare_dirs(settings) -> None:
 
 
 def _upgrade(settings) -> None:
-    from service.db.migrate import upgrade_database
+    from jobstore.db.migrate import upgrade_database
 
     _prepare_dirs(settings)
     upgrade_database(settings.database_url)
@@ -75,8 +74,8 @@ def cmd_token_create(args) -> int:
     settings = _apply_data_dir(args.data_dir)
     if settings.embedded:  # a fresh data dir has no tables yet
         _upgrade(settings)
+    from jobstore.db.session import session_scope
     from service.auth.service import create_user_and_token
-    from service.db.session import session_scope
 
     with session_scope(settings.database_url) as session:
         token = create_user_and_token(session, args.name)
@@ -109,10 +108,10 @@ def cmd_worker(args) -> int:
 
 
 def cmd_reproduce(args) -> int:
-    """Thin glue: the flow lives in service/reproduce/ (an HTTP client of the service)."""
-    from service.reproduce.api import ApiError
-    from service.reproduce.plan import UsageError
-    from service.reproduce.runner import Options, run
+    """Thin glue: the flow lives in celif_cli/reproduce/ (an HTTP client of the service)."""
+    from celif_cli.reproduce.api import ApiError
+    from celif_cli.reproduce.plan import UsageError
+    from celif_cli.reproduce.runner import Options, run
 
     try:
         if not args.token:
@@ -159,7 +158,7 @@ class WorkerSupervisor:
         self._thread = threading.Thread(target=self._loop, name="worker-supervisor", daemon=True)
 
     def _spawn(self) -> subprocess.Popen:
-        cmd = [sys.executable, "-m", "service.cli", "worker", "--loglevel", self.loglevel]
+        cmd = [sys.executable, "-m", "celif_cli.main", "worker", "--loglevel", self.loglevel]
         # Own process group: a stop takes down the pool child too. If `celif serve` itself is
         # killed, the kernel sends the worker SIGTERM (Linux), so no orphan keeps training.
         return subprocess.Popen(
@@ -225,9 +224,9 @@ def _first_start_token(settings) -> str | None:
     """On a database with no users, create the admin user and return its token."""
     from sqlalchemy import func, select
 
+    from jobstore.db.models import User
+    from jobstore.db.session import session_scope
     from service.auth.service import create_user_and_token
-    from service.db.models import User
-    from service.db.session import session_scope
 
     with session_scope(settings.database_url) as session:
         if session.scalar(select(func.count()).select_from(User)):
@@ -238,8 +237,8 @@ def _first_start_token(settings) -> str | None:
 def _submit_demo(base_url: str, settings, deadline_s: float = 120.0) -> None:
     import httpx
 
+    from jobstore.db.session import session_scope
     from service.auth.service import create_token, get_or_create_user
-    from service.db.session import session_scope
 
     with session_scope(settings.database_url) as session:
         token = create_token(session, get_or_create_user(session, "admin"), "demo")
@@ -348,7 +347,9 @@ def cmd_serve(args) -> int:
         logging.getLogger("httpx").setLevel(logging.WARNING)
         threading.Thread(target=_demo_thread, args=(url, settings), daemon=True).start()
     try:
-        uvicorn.run(create_app(), host=args.host, port=args.port, log_level=args.loglevel.lower())
+        uvicorn.run(
+            create_app(settings), host=args.host, port=args.port, log_level=args.loglevel.lower()
+        )
     finally:
         stop_reaper.set()
         supervisor.stop()
@@ -549,7 +550,7 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     if getattr(args, "queue", "x") is None:
-        from worker.app import QUEUE
+        from jobstore.queue import QUEUE
 
         args.queue = QUEUE
     return int(args.func(args) or 0)

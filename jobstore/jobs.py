@@ -8,7 +8,7 @@ from datetime import datetime
 from sqlalchemy import and_, func, or_, select
 from sqlalchemy.orm import Session
 
-from service.db.models import Checkpoint, Job, JobEvent
+from jobstore.db.models import Checkpoint, Job, JobEvent
 
 
 def get_job(session: Session, job_id: str, *, for_update: bool = False) -> Job | None:

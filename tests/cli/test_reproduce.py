@@ -18,8 +18,8 @@ from pathlib import Path
 import httpx
 from PIL import Image
 
+from tests.cli.test_serve import embedded_serve
 from tests.worker.conftest import REPO
-from tests.worker.test_serve import embedded_serve
 
 RECIPE = "demo/adding-tiny"
 SLUG = "demo_adding-tiny"
@@ -30,7 +30,7 @@ PAPER = "paper/seq_mnist-83k"
 def reproduce(base: str, token: str, out: Path, *args: str) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if not k.startswith("CELIF_")}
     env.update(PYTHONPATH=str(REPO), CELIF_TOKEN=token)
-    cmd = [sys.executable, "-m", "service.cli", "reproduce", "--url", base, "--out", str(out), *args]  # fmt: skip
+    cmd = [sys.executable, "-m", "celif_cli.main", "reproduce", "--url", base, "--out", str(out), *args]  # fmt: skip
     r = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert "Traceback" not in r.stderr, r.stderr
     return r

@@ -19,7 +19,7 @@ from typing import Any
 from sqlalchemy import insert, select
 from sqlalchemy.orm import Session
 
-from service.db.models import JOB_STATES, TERMINAL_STATES, Job, JobEvent, utcnow
+from jobstore.db.models import JOB_STATES, Job, JobEvent, utcnow
 
 
 def lock_job_events(session: Session, job_id: str) -> None:
@@ -35,26 +35,13 @@ def _as_datetime(value: Any) -> datetime:
     return datetime.fromtimestamp(float(value), UTC)  # unix seconds
 
 
-def append_status_event(session: Session, job: Job, status: str, **data: Any) -> JobEvent:
-    """Move `job` to `status` and record it as a "status" event (one call = one transition).
-
-    Sets `started_at` on the first `running`, `finished_at` on a terminal state; `data` (e.g.
-    `error=...`, `attempt=...`, `reason=...`) is stored with the event. Caller commits.
-    """
+def append_status_event(session: Session, job_id: str, status: str, **data: Any) -> JobEvent:
+    """Record that the job is now in `status` (a "status" event; `data`, e.g. `error=...`,
+    `attempt=...`, `reason=...`, is stored with it). Written by `jobstore.states` only, with
+    the status change itself. Caller commits."""
     if status not in JOB_STATES:
         raise ValueError(f"unknown job status {status!r}; expected one of {JOB_STATES}")
-    lock_job_events(session, job.id)
-    now = utcnow()
-    job.status = status
-    job.updated_at = now
-    if status == "running" and job.started_at is None:
-        job.started_at = now
-    if status in TERMINAL_STATES:
-        job.finished_at = now
-    event = JobEvent(job_id=job.id, kind="status", data={"status": status, **data}, time=now)
-    session.add(event)
-    session.flush()
-    return event
+    return append_event(session, job_id, "status", {"status": status, **data})
 
 
 def append_event(session: Session, job_id: str, kind: str, data: Mapping[str, Any]) -> JobEvent:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from service.reproduce.plan import slug
+from celif_cli.reproduce.plan import slug
 
 REPORT_FILE = "reproduce.md"
 CURVES_DIR = "curves"

@@ -22,8 +22,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
 
-from service.reproduce import plan, report
-from service.reproduce.api import ApiError, Client, file_sha256
+from celif_cli.reproduce import plan, report
+from celif_cli.reproduce.api import ApiError, Client, file_sha256
 
 CHECKPOINTS_DIR = "checkpoints"
 RECONNECT_S = 300.0  # how long following waits out an unreachable service

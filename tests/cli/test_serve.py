@@ -101,7 +101,7 @@ def embedded_serve(data: Path) -> Iterator[Served]:
     its process group, SIGKILL after 30 s) and checked: no traceback, a clean stop logs no ERROR,
     and no process of it (worker, pool child) outlives it."""
     port = free_port()
-    cmd = [sys.executable, "-m", "service.cli", "serve", "--port", str(port), "--data-dir", str(data), "--loglevel", "WARNING"]  # fmt: skip
+    cmd = [sys.executable, "-m", "celif_cli.main", "serve", "--port", str(port), "--data-dir", str(data), "--loglevel", "WARNING"]  # fmt: skip
     proc = subprocess.Popen(
         cmd, env=_embedded_env(data), cwd=REPO, stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT, text=True, start_new_session=True,
@@ -192,7 +192,7 @@ def test_serve_embedded_end_to_end(tmp_path: Path):
 
     # A second start prints no new token (first start only).
     second = subprocess.run(
-        [sys.executable, "-m", "service.cli", "token", "create", "--name", "bob", "--data-dir", str(data)],
+        [sys.executable, "-m", "celif_cli.main", "token", "create", "--name", "bob", "--data-dir", str(data)],
         env=env, cwd=REPO, capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert second.returncode == 0, second.stderr
@@ -201,13 +201,13 @@ def test_serve_embedded_end_to_end(tmp_path: Path):
 
 def test_cli_bad_args_name_the_flag():
     r = subprocess.run(
-        [sys.executable, "-m", "service.cli", "serve", "--port", "notaport"],
+        [sys.executable, "-m", "celif_cli.main", "serve", "--port", "notaport"],
         cwd=REPO, capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert r.returncode == 2
     assert "--port" in r.stderr
     r = subprocess.run(
-        [sys.executable, "-m", "service.cli", "token", "create"],
+        [sys.executable, "-m", "celif_cli.main", "token", "create"],
         cwd=REPO, capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert r.returncode == 2 and "--name" in r.stderr
@@ -215,7 +215,7 @@ def test_cli_bad_args_name_the_flag():
 
 def test_worker_app_imports_no_torch():
     code = (
-        "import sys, worker.app, worker.tasks, worker.reaper, service.cli;"
+        "import sys, worker.app, worker.tasks, worker.reaper, celif_cli.main;"
         "assert 'torch' not in sys.modules, 'torch imported';"
         "c = worker.app.celery_app.conf;"
         "assert c.task_acks_late and c.task_reject_on_worker_lost;"
@@ -231,8 +231,8 @@ def test_worker_app_imports_no_torch():
 
 @pytest.mark.parametrize("embedded", [True, False])
 def test_broker_settings(tmp_path: Path, embedded: bool):
-    from service.settings import Settings
-    from worker.app import VISIBILITY_TIMEOUT_S, make_celery
+    from jobstore.queue import VISIBILITY_TIMEOUT_S, make_celery
+    from jobstore.settings import Settings
 
     broker = None if embedded else "redis://127.0.0.1:6379/0"
     settings = Settings(data_dir=tmp_path, broker_url=broker)

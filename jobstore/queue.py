@@ -1,4 +1,6 @@
-"""Hand a committed job to the workers. Called only after the job row is committed (a worker that
+"""The job queue: the broker configuration the API and the workers share, and its producer.
+
+Hand a committed job to the workers. Called only after the job row is committed (a worker that
 gets the message always finds the row); the message carries the job id, never the spec."""
 
 from __future__ import annotations
@@ -9,34 +11,90 @@ import logging
 import threading
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from service.settings import Settings
+from jobstore.settings import Settings, get_settings
+
+if TYPE_CHECKING:  # Celery is imported when the first app is built: importing the API stays light
+    from celery import Celery
 
 log = logging.getLogger(__name__)
 
 TASK_NAME = "celif.run_job"
+QUEUE = "celif"
 
-_apps: dict[tuple[str, str], object] = {}
+# A training job holds its (late-acked) message for its whole run. Redis re-delivers an unacked
+# message after the visibility timeout; a re-delivery is harmless (the claim is idempotent and a
+# live lease is never taken over) but pointless, so the timeout is far longer than any checkpoint
+# interval. Worker loss is detected by the heartbeat reaper long before this.
+VISIBILITY_TIMEOUT_S = 12 * 3600
+
+
+def broker_transport_options(settings: Settings) -> dict:
+    if settings.embedded:
+        root = settings.broker_dir.resolve()
+        folders = {
+            "data_folder_in": root / "queue",
+            "data_folder_out": root / "queue",  # one machine: producers and consumers share it
+            "processed_folder": root / "processed",
+            "control_folder": root / "control",
+        }
+        for path in folders.values():
+            path.mkdir(parents=True, exist_ok=True)
+        return {**{k: str(v) for k, v in folders.items()}, "store_processed": False}
+    return {"visibility_timeout": VISIBILITY_TIMEOUT_S}
+
+
+def make_celery(settings: Settings | None = None, *, include: tuple[str, ...] = ()) -> Celery:
+    """A Celery app for the job queue. The workers pass their task modules as `include`; a
+    producer (the API, the reaper) needs none: it sends by task name."""
+    from celery import Celery
+
+    settings = settings or get_settings()
+    broker = settings.broker_url
+    if broker in ("filesystem://", "filesystem:"):
+        broker = "filesystem://localhost//"  # same transport; spares kombu's "no hostname" warning
+    app = Celery("celif", broker=broker, include=list(include))
+    app.conf.update(
+        broker_transport_options=broker_transport_options(settings),
+        broker_connection_retry_on_startup=True,
+        task_default_queue=QUEUE,
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        task_ignore_result=True,
+        result_backend=None,
+        task_serializer="json",
+        accept_content=["json"],
+        worker_prefetch_multiplier=1,
+        worker_concurrency=1,
+        # A fresh pool process per job: no torch/CUDA state leaks from one job into the next.
+        worker_max_tasks_per_child=1,
+        worker_hijack_root_logger=False,
+        worker_send_task_events=False,
+        # The filesystem transport has no broadcast worth using; Redis keeps remote control.
+        worker_enable_remote_control=not settings.embedded,
+    )
+    return app
+
+
+_producers: dict[tuple[str, str], Celery] = {}
 _lock = threading.Lock()
 
 
-def get_celery_app(settings: Settings | None = None):
-    """The Celery app of `worker/app.py` (torch-free), imported lazily so importing the API does
-    not import Celery. With explicit `settings` (an app built on its own settings, e.g. in
-    tests), an app configured the same way for that broker, built once per broker."""
-    from worker.app import celery_app, make_celery
-
-    if settings is None:
-        return celery_app
+def producer_app(settings: Settings | None = None) -> Celery:
+    """The Celery app that sends job messages for these settings' broker, built once per broker
+    (an app built on its own settings, e.g. in tests, gets its own). It registers no tasks:
+    sending is by name, so the API and the reaper never import the worker's task code."""
+    settings = settings or get_settings()
     key = (settings.broker_url, str(settings.broker_dir))
     with _lock:
-        if key not in _apps:
-            _apps[key] = make_celery(settings)
-        return _apps[key]
+        if key not in _producers:
+            _producers[key] = make_celery(settings)
+        return _producers[key]
 
 
 def enqueue_job(job_id: str, settings: Settings | None = None) -> None:
-    get_celery_app(settings).send_task(TASK_NAME, args=[job_id])
+    producer_app(settings).send_task(TASK_NAME, args=[job_id])
 
 
 def try_enqueue_job(job_id: str, settings: Settings | None = None) -> bool:
@@ -56,7 +114,7 @@ def queue_depth(settings: Settings | None = None) -> int:
     A queue nobody has declared yet, or an empty Redis list (Redis deletes empty lists), is 0:
     the declare is not passive, which creates nothing on Redis but its binding. Raises when the
     broker cannot be reached."""
-    app = get_celery_app(settings)
+    app = producer_app(settings)
     with app.connection_for_read() as conn:
         conn.ensure_connection(max_retries=1, timeout=2)
         ok = conn.default_channel.queue_declare(queue=app.conf.task_default_queue)
@@ -78,7 +136,7 @@ def job_ids_in_broker(
 
     The filesystem broker has no unacked store: a message a worker has taken but not yet
     claimed is in no file for that moment (a re-send then is a duplicate the claim ignores)."""
-    app = get_celery_app(settings)
+    app = producer_app(settings)
     queue = app.conf.task_default_queue
     raw: list[bytes | str] = []
     with app.connection_for_read() as conn:

@@ -1,0 +1,3 @@
+from celif_cli.main import main
+
+raise SystemExit(main())
