@@ -61,7 +61,7 @@ class Served:
         if mnist_dir:
             env["CELIF_MNIST_DIR"] = mnist_dir
         env["PYTHONPATH"] = str(REPO)
-        cmd = [sys.executable, "-m", "service.cli", "serve", "--port", str(self.port), "--data-dir", str(data_dir), "--loglevel", "WARNING"]  # fmt: skip
+        cmd = [sys.executable, "-m", "celif_cli.main", "serve", "--port", str(self.port), "--data-dir", str(data_dir), "--loglevel", "WARNING"]  # fmt: skip
         self.proc = subprocess.Popen(
             cmd, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
             start_new_session=True,

@@ -50,7 +50,7 @@ def start_serve(port: int) -> tuple[subprocess.Popen, str, str]:
     data = Path(tempfile.mkdtemp(prefix="celif-bench-"))
     env = {k: v for k, v in os.environ.items() if not k.startswith("CELIF_")}
     env["PYTHONPATH"] = str(REPO)
-    cmd = [sys.executable, "-m", "service.cli", "serve", "--port", str(port),
+    cmd = [sys.executable, "-m", "celif_cli.main", "serve", "--port", str(port),
            "--data-dir", str(data), "--loglevel", "WARNING"]  # fmt: skip
     proc = subprocess.Popen(
         cmd, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,

@@ -42,13 +42,13 @@ def main() -> None:
     import torch
 
     import celif_core.trainer as trainer_mod
-    import service.enqueue
+    import jobstore.queue
     from celif_core.spec import validate_spec
+    from jobstore.db.migrate import upgrade_database
+    from jobstore.db.models import Job
+    from jobstore.db.session import session_scope
+    from jobstore.settings import Settings
     from service.auth.service import get_or_create_user
-    from service.db.migrate import upgrade_database
-    from service.db.models import Job
-    from service.db.session import session_scope
-    from service.settings import Settings
     from worker.tasks import JobRunner
 
     torch.set_num_threads(1)
@@ -56,7 +56,7 @@ def main() -> None:
     url = args.database_url or f"sqlite:///{tmp / 'celif.db'}"
     upgrade_database(url)
     settings = Settings(database_url=url, broker_url="filesystem://", data_dir=tmp)
-    service.enqueue.enqueue_job = lambda job_id: None  # nothing is re-queued here
+    jobstore.queue.enqueue_job = lambda job_id: None  # nothing is re-queued here
 
     timings: dict[str, list[float]] = {"bare": [], "worker": []}
     cpu: dict[str, list[float]] = {"bare": [], "worker": []}
@@ -92,7 +92,7 @@ def main() -> None:
         with session_scope(url) as s:
             from sqlalchemy import func, select
 
-            from service.db.models import JobEvent
+            from jobstore.db.models import JobEvent
 
             n = s.scalar(select(func.count()).where(JobEvent.job_id == job_id))
         print(f"run {i}: wall bare {timings['bare'][-1]:.2f} s / worker {timings['worker'][-1]:.2f} s, "
