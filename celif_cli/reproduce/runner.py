@@ -346,7 +346,11 @@ class _Bars:
 # ----------------------------------------------------------------------------- checkpoints
 def _save_checkpoints(client: Client, state, out: Path, e: Entry, stream: TextIO) -> None:
     rs = state.recipe(e.name)
-    for which in ("latest", "best"):
+    # A job continued from another job's checkpoint may not have beaten the best of the run it
+    # continues: then it has no checkpoint of its own flagged best, and the service's "best"
+    # would be its latest. The saved best (of the earlier job) is kept instead.
+    has_best = any(c.get("is_best") for c in client.checkpoints(e.job["id"]))
+    for which in ("latest", "best") if has_best else ("latest",):
         dest = saved_checkpoint_path(out, e.name, which)
         info = client.download_checkpoint(e.job["id"], which, dest)
         if info is None:
@@ -354,6 +358,8 @@ def _save_checkpoints(client: Client, state, out: Path, e: Entry, stream: TextIO
             continue
         rs.checkpoints[which] = {**info, "path": dest.relative_to(out).as_posix()}
         _say(stream, f"{e.name}: {which} checkpoint (step {info['step']}, {info['size_bytes'] / 1e6:.1f} MB) -> {dest}")  # fmt: skip
+    if not has_best:
+        _say(stream, f"{e.name}: job {e.job['id']} has no checkpoint better than the run it continues; the saved best is kept")  # fmt: skip
 
 
 # ----------------------------------------------------------------------------- report
