@@ -92,7 +92,7 @@ def build(kind: str, T: int, hidden: tuple[int, ...] = HIDDEN):
                 return cur
             if kind.startswith("celif"):
                 backend = "reference" if kind == "celif-reference" else "fused"
-                memory = "recompute" if kind == "celif-fused-recompute" else "save"
+                memory = "recompute" if kind == "celif-fused-recompute" else "store"
                 if kind == "celif-fused-previous":  # neuroseqbench's reading
                     p["ce_timing"] = "previous"
                 te = self.te[:, :n]

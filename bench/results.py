@@ -44,7 +44,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-CE_MODES = ("none", "spike", "membrane", "te", "spike_te", "membrane_te")
+from celif_core.catalog import CE_MODES  # noqa: E402  (after the path set-up)
+
 ABLATION_ID = {m: i + 1 for i, m in enumerate(CE_MODES)}
 # The measured defaults (docs/neurons.md), passed explicitly so the figures do not move with the
 # spec defaults.

@@ -169,12 +169,14 @@ def load_model(
     path: str | os.PathLike, device: str | torch.device = "cpu", *, backend: str = "auto"
 ) -> tuple[torch.nn.Module, JobSpec, dict[str, Any]]:
     """Rebuild a model from a checkpoint's own metadata; returns (model in eval mode, spec,
-    metadata)."""
+    metadata). ``backend="auto"`` runs the spec's own ``training.backend``."""
     from celif_core.models import build_model
 
     data = read_checkpoint(path)
     spec = validate_spec(data.metadata["spec"], limits=NO_LIMITS)
-    model = build_model(spec, backend=backend)
+    model = build_model(
+        spec.network, backend=spec.training.backend if backend == "auto" else backend
+    )
     model.load_state_dict(data.model)
     model.to(device)
     model.eval()

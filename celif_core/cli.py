@@ -18,11 +18,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from celif_core import catalog
 from celif_core.errors import DataError, TrainingError
-from celif_core.spec import CE_MODES, CE_TIMINGS, SpecError, validate_spec
-
-TASKS = ("seq_mnist", "ps_mnist", "adding", "copy_memory", "dataset")
-NEURONS = ("lif", "alif", "plif", "celif", "lstm")
+from celif_core.spec import SpecError, validate_spec
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -36,7 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="a JSON job spec (default with --resume: the checkpoint's); flags override its fields",
     )
     t = p.add_argument_group("task")
-    t.add_argument("--task", choices=TASKS, help="task name (default: adding)")
+    t.add_argument("--task", choices=catalog.TASK_NAMES, help="task name (default: adding)")
     t.add_argument("--seq-len", type=int, help="adding: sequence length T")
     t.add_argument("--delay", type=int, help="copy_memory: blank steps between keys and markers")
     t.add_argument("--train-subset", type=int, help="MNIST: train on this many images only")
@@ -44,12 +42,14 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--permutation-seed", type=int, help="ps_mnist: seed of the pixel permutation")
     t.add_argument("--dataset-id", help="dataset: id (file <datasets-dir>/<id>.npz)")
     m = p.add_argument_group("model")
-    m.add_argument("--neuron", choices=NEURONS, help="neuron model (default: celif)")
-    m.add_argument("--architecture", choices=("feedforward", "recurrent"))
+    m.add_argument("--neuron", choices=catalog.NEURON_NAMES, help="neuron model (default: celif)")
+    m.add_argument("--architecture", choices=catalog.ARCHITECTURES)
     m.add_argument(
         "--hidden", type=int, nargs="+", help="hidden layer widths, e.g. --hidden 64 256 256"
     )
-    m.add_argument("--ce-mode", choices=CE_MODES, help="celif: contextual embedding variant")
+    m.add_argument(
+        "--ce-mode", choices=catalog.CE_MODES, help="celif: contextual embedding variant"
+    )
     m.add_argument("--alpha", type=float)
     m.add_argument("--rho", type=float)
     m.add_argument("--theta0", type=float)
@@ -57,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--surrogate-width", type=float)
     m.add_argument(
         "--ce-timing",
-        choices=CE_TIMINGS,
+        choices=catalog.CE_TIMINGS,
         help="celif: membrane driving the threshold memory, U[t] or the pre-reset U[t-1]",
     )
     m.add_argument("--te-init-mean", type=float)
@@ -72,18 +72,18 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--batch-size", type=int)
     tr.add_argument("--eval-batch-size", type=int)
     tr.add_argument("--lr", type=float)
-    tr.add_argument("--optimizer", choices=("adam", "adamw", "sgd"))
+    tr.add_argument("--optimizer", choices=catalog.OPTIMIZERS)
     tr.add_argument("--weight-decay", type=float)
-    tr.add_argument("--lr-schedule", choices=("constant", "cosine", "step"))
+    tr.add_argument("--lr-schedule", choices=catalog.LR_SCHEDULES)
     tr.add_argument("--lr-step-epochs", type=int, help="step schedule: epochs per step")
     tr.add_argument("--lr-gamma", type=float, help="step schedule: factor per step")
     tr.add_argument("--grad-clip", type=float, help="max gradient norm (0 = off)")
     tr.add_argument("--seed", type=int)
     tr.add_argument("--eval-every", type=int)
     tr.add_argument("--checkpoint-every", type=int)
-    tr.add_argument("--device", choices=("auto", "cpu", "cuda"))
-    tr.add_argument("--backend", choices=("auto", "fused", "reference"))
-    tr.add_argument("--memory", choices=("auto", "store", "recompute"))
+    tr.add_argument("--device", choices=catalog.DEVICES)
+    tr.add_argument("--backend", choices=catalog.BACKENDS)
+    tr.add_argument("--memory", choices=catalog.MEMORY_MODES)
     tr.add_argument("--bptt-chunk", type=int, help="truncated BPTT window in steps")
     io = p.add_argument_group("files")
     io.add_argument(

@@ -1,14 +1,16 @@
-"""Networks built from a job spec: feedforward / recurrent SNNs of any neuron, and an LSTM.
+"""The one network builder: feedforward / recurrent SNNs of any neuron, and an LSTM.
 
-``input -> [Linear -> neuron] x len(hidden) -> Linear readout`` (DESIGN.md section 3). Inside,
-everything is time-major ``[T, B, N]``; ``forward`` takes batch-first ``x [B, T, F]`` at the
-boundary. A feedforward layer applies its Linear to the whole sequence at once (``[T*B, N_in]``)
-and hands the current to one neuron scan; a recurrent layer adds ``W_rec S[t-1]`` inside a loop of
-``neuron_step``.
+``build_model(config, backend=..., memory=...)`` builds ``input -> [Linear -> neuron] x
+len(hidden) -> Linear readout`` (DESIGN.md section 3) from a frozen `config.NetworkConfig`
+(``spec.network``), composed of the `celif_core.neurons` modules. Inside, everything is
+time-major ``[T, B, N]``; ``forward`` takes batch-first ``x [B, T, F]`` at the boundary. A
+feedforward layer applies its Linear to the whole sequence at once (``[T*B, N_in]``) and hands the
+current to its neuron's scan; a recurrent layer adds ``W_rec S[t-1]`` inside a loop of the
+neuron's ``step``.
 
-Readouts by task kind: classification = mean over time of the readout's output (computed as the
-readout of the mean spike count, which is the same linear map); regression = the readout at the
-last step; sequence (and sequence_regression) = the readout at every step.
+Readouts (``config.readout``, from the task kind): "mean" (classification) = mean over time of
+the readout's output (computed as the readout of the mean spike count, the same linear map);
+"last" (regression) = the readout at the last step; "every" (sequence kinds) = at every step.
 
 Streaming: ``initial_state(B)`` then ``forward_chunk(x_chunk, state)`` repeatedly; the state
 carries every layer's neuron state, the time offset (TE rows) and the running spike sum of the
@@ -17,7 +19,6 @@ last layer, so the result after the last chunk equals ``model(x)`` on the whole 
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,10 +26,10 @@ import torch
 import torch.utils.checkpoint
 from torch import nn
 
-from celif_core.functional import NeuronState, fused_available, neuron_scan, neuron_step
-from celif_core.spec import JobSpec, validate_spec
-
-SPIKING = ("lif", "alif", "plif", "celif")
+from celif_core.catalog import BACKENDS, MEMORY_MODES
+from celif_core.config import NetworkConfig
+from celif_core.functional import NeuronState, fused_available
+from celif_core.neurons import NEURON_MODULES, te_table
 
 
 @dataclass
@@ -69,102 +70,87 @@ class StreamState:
         )
 
 
-def _logit(p: float) -> float:
-    return math.log(p / (1.0 - p))
-
-
 class CelifNetwork(nn.Module):
-    """The network a job spec describes. Build it with :func:`build_model`."""
+    """The network a `NetworkConfig` describes, composed of the `celif_core.neurons` modules.
+    Build it with :func:`build_model`.
 
-    def __init__(self, spec: JobSpec, *, backend: str = "auto"):
+    ``backend`` picks the neuron scan implementation (``catalog.BACKENDS``); ``memory`` what a
+    training step keeps per hidden layer (``catalog.MEMORY_MODES``): ``"store"`` everything
+    backward needs, ``"recompute"`` only the layer's input (the previous layer's spikes, which
+    its Linear keeps anyway), re-running Linear + scan in backward (``torch.utils.checkpoint``;
+    feedforward layers).
+
+    Parameter names are those of the checkpoints: ``synapses.<l>``, ``recurrent.<l>``,
+    ``plif_logit.<l>`` (the PLIF modules' ``alpha_logit``, renamed by the state-dict hooks),
+    ``te`` (shared) or ``te_tables.<l>``, ``readout`` and ``lstm.<l>``.
+    """
+
+    def __init__(self, config: NetworkConfig, *, backend: str = "auto", memory: str = "store"):
         super().__init__()
-        self.spec = spec
-        m = spec.model
-        self.kind = spec.kind
-        self.neuron = m.neuron
-        self.architecture = m.architecture
-        self.hidden = list(m.hidden)
-        self.input_size = spec.input_size
-        self.output_size = spec.output_size
-        self.uses_te = spec.uses_te
-        self.te_length = spec.te_length
-        self.backend = backend if backend != "auto" else spec.training.backend
-        if self.backend not in ("auto", "fused", "reference"):
-            raise ValueError(
-                f"backend must be 'auto', 'fused' or 'reference', got {self.backend!r}"
-            )
-        self.memory = spec.training.memory
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {list(BACKENDS)}, got {backend!r}")
+        if memory not in MEMORY_MODES:
+            raise ValueError(f"memory must be one of {list(MEMORY_MODES)}, got {memory!r}")
+        self.config = config
+        self.hidden = list(config.hidden)
+        self.input_size = config.input_size
+        self.backend = backend
+        self.memory = memory
         self.backend_name: str | None = None  # which scan implementation actually ran last
 
-        sizes = [self.input_size, *self.hidden]
-        if self.neuron == "lstm":
-            self.lstm = nn.ModuleList(
-                nn.LSTM(n_in, n_out) for n_in, n_out in zip(sizes[:-1], sizes[1:], strict=True)
-            )
+        sizes = [config.input_size, *self.hidden]
+        pairs = list(zip(sizes[:-1], sizes[1:], strict=True))
+        if not config.spiking:
+            self.lstm = nn.ModuleList(nn.LSTM(n_in, n_out) for n_in, n_out in pairs)
         else:
-            self.synapses = nn.ModuleList(
-                nn.Linear(n_in, n_out) for n_in, n_out in zip(sizes[:-1], sizes[1:], strict=True)
-            )
-            if self.architecture == "recurrent":
+            self.synapses = nn.ModuleList(nn.Linear(n_in, n_out) for n_in, n_out in pairs)
+            if config.architecture == "recurrent":
                 self.recurrent = nn.ModuleList(nn.Linear(n, n, bias=False) for n in self.hidden)
-            np_ = m.neuron_params
-            if self.neuron == "plif":
-                self.plif_logit = nn.ParameterList(
-                    nn.Parameter(torch.tensor(_logit(np_.alpha))) for _ in self.hidden
+            module = NEURON_MODULES[config.neuron]
+            self.neurons = nn.ModuleList(
+                module(n, backend=backend, **config.neuron_params) for n in self.hidden
+            )
+            np_ = config.neuron_params
+            init = {"te_init_mean": np_.get("te_init_mean"), "te_init_std": np_.get("te_init_std")}
+            if config.te_mode == "shared":
+                self.te = te_table(*config.te_shape(0), **init)
+            elif config.te_mode == "per_layer":
+                self.te_tables = nn.ParameterList(
+                    te_table(*config.te_shape(layer), **init) for layer in range(len(self.hidden))
                 )
-            self._params = self._neuron_params()
-            if self.uses_te:
-                mean, std = np_.te_init_mean, np_.te_init_std  # TE ~ N(mean, std^2)
-                if m.te_shared:
-                    self.te = nn.Parameter(
-                        torch.randn(self.te_length, max(self.hidden)) * std + mean
-                    )
-                else:
-                    self.te_tables = nn.ParameterList(
-                        nn.Parameter(torch.randn(self.te_length, n) * std + mean)
-                        for n in self.hidden
-                    )
-        self.readout = nn.Linear(self.hidden[-1], self.output_size)
+            if config.neuron == "plif":
+                self.register_state_dict_post_hook(_plif_names_out)
+                self.register_load_state_dict_pre_hook(_plif_names_in)
+        self.readout = nn.Linear(self.hidden[-1], config.output_size)
 
-    # ------------------------------------------------------------------ neuron parameters
-    def _neuron_params(self) -> dict[str, Any]:
-        p = self.spec.model.neuron_params
-        out: dict[str, Any] = {
-            "alpha": p.alpha,
-            "theta0": p.theta0,
-            "surrogate_width": p.surrogate_width,
-            "detach_reset": p.detach_reset,
-        }
-        if self.neuron in ("alif", "celif"):
-            out["rho"] = p.rho
-        if self.neuron == "alif":
-            out["beta"] = p.beta
-        if self.neuron == "celif":
-            out["ce_mode"] = p.ce_mode
-            out["ce_timing"] = p.ce_timing
-        return out
-
-    def _layer_params(self, layer: int) -> dict[str, Any]:
-        if self.neuron == "plif":
-            return {**self._params, "alpha": torch.sigmoid(self.plif_logit[layer])}
-        return self._params
+    # ------------------------------------------------------------------ TE tables
+    def te_by_layer(self) -> list[tuple[str, torch.Tensor]]:
+        """(parameter name, the ``[te_length, N_l]`` TE rows and columns it reads) per hidden
+        layer; ``[]`` without TE. With a shared table every layer reads its first N_l columns."""
+        mode = self.config.te_mode
+        if mode == "none":
+            return []
+        if mode == "shared":
+            return [("te", self.te[:, :n]) for n in self.hidden]
+        return [(f"te_tables.{i}", table) for i, table in enumerate(self.te_tables)]
 
     def _te(self, layer: int, t0: int, steps: int) -> torch.Tensor | None:
-        if not self.uses_te:
+        te_length = self.config.te_length
+        if self.config.te_mode == "none":
             return None
-        if t0 + steps > self.te_length:
+        if t0 + steps > te_length:
             raise ValueError(
-                f"the TE table has {self.te_length} rows but the sequence reaches step "
-                f"{t0 + steps} (T must be <= te_length={self.te_length})"
+                f"the TE table has {te_length} rows but the sequence reaches step "
+                f"{t0 + steps} (T must be <= te_length={te_length})"
             )
         n = self.hidden[layer]
-        table = self.te if self.spec.model.te_shared else self.te_tables[layer]
+        table = self.te if self.config.te_mode == "shared" else self.te_tables[layer]
         return table[t0 : t0 + steps, :n]  # [T, N_l]
 
     # ------------------------------------------------------------------ streaming state
     def initial_state(self, batch_size: int) -> StreamState:
         ref = self.readout.weight
-        if self.neuron == "lstm":
+        if not self.config.spiking:
             layers = [
                 (ref.new_zeros(1, batch_size, n), ref.new_zeros(1, batch_size, n))
                 for n in self.hidden
@@ -197,26 +183,21 @@ class CelifNetwork(nn.Module):
         h = x
         new_states: list[Any] = []
         layer_spikes: list[torch.Tensor] = []
-        if self.neuron == "lstm":
+        if not self.config.spiking:
             for lstm, st in zip(self.lstm, state.layers, strict=True):
                 h, (hn, cn) = lstm(h, st)
                 new_states.append((hn, cn))
             self.backend_name = "torch"
             return h, new_states, layer_spikes
         used: set[str] = set()
-        # training.memory="recompute": keep only each layer's input (the previous layer's spikes,
-        # which its Linear keeps anyway) and re-run Linear + scan during backward, instead of
-        # keeping the current, U and the spike/window bytes of every layer (torch checkpointing)
         recompute = self.memory == "recompute" and torch.is_grad_enabled()
         for layer, st in enumerate(state.layers):
             te = self._te(layer, state.t, steps)
-            params = self._layer_params(layer)
-            if self.architecture == "recurrent":
-                current = self._current(layer, h)
-                h, st_new = self._recurrent_scan(layer, current, te, st, params)
+            if self.config.architecture == "recurrent":
+                h, st_new = self._recurrent_layer(layer, h, te, st)
                 used.add("reference")
             else:
-                args = (layer, h, te, st, params)
+                args = (layer, h, te, st)
                 if recompute:
                     h, st_new = torch.utils.checkpoint.checkpoint(
                         self._feedforward_layer, *args, use_reentrant=False
@@ -239,35 +220,23 @@ class CelifNetwork(nn.Module):
         return current.reshape(steps, batch, self.hidden[layer])
 
     def _feedforward_layer(
-        self, layer: int, h: torch.Tensor, te: Any, st: NeuronState, params: dict[str, Any]
+        self, layer: int, h: torch.Tensor, te: torch.Tensor | None, st: NeuronState
     ) -> tuple[torch.Tensor, NeuronState]:
         """Linear over the whole sequence, then the neuron scan: spikes ``[T, B, N]``, state."""
-        res = neuron_scan(
-            self._current(layer, h),
-            neuron=self.neuron,
-            params=params,
-            te=te,
-            state=st,
-            backend=self.backend,
-        )
+        res = self.neurons[layer](self._current(layer, h), te=te, state=st)
         return res.spikes, res.state
 
-    def _recurrent_scan(
-        self,
-        layer: int,
-        current: torch.Tensor,  # (T, B, N)
-        te: torch.Tensor | None,  # (T, N)
-        state: NeuronState,
-        params: dict[str, Any],
+    def _recurrent_layer(
+        self, layer: int, h: torch.Tensor, te: torch.Tensor | None, state: NeuronState
     ) -> tuple[torch.Tensor, NeuronState]:
-        rec = self.recurrent[layer]
+        """``I[t] = W h[t] + W_rec S[t-1]`` stepped through the neuron: spikes, state."""
+        current = self._current(layer, h)  # (T, B, N)
+        rec, neuron = self.recurrent[layer], self.neurons[layer]
         st = NeuronState(*(v.detach() for v in state))
         tes = te.unbind(0) if te is not None else [None] * current.shape[0]
         spikes = []
         for i_t, te_t in zip(current.unbind(0), tes, strict=True):
-            s, st = neuron_step(
-                i_t + rec(st.s), neuron=self.neuron, params=params, te_t=te_t, state=st
-            )
+            s, st = neuron.step(i_t + rec(st.s), st, te_t)
             spikes.append(s)
         return torch.stack(spikes), NeuronState(*(v.detach() for v in st))
 
@@ -275,10 +244,10 @@ class CelifNetwork(nn.Module):
         self, h: torch.Tensor, state: StreamState
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Readout of a chunk ``h [T, B, N]`` given the state before it."""
-        if self.kind == "classification":
+        if self.config.readout == "mean":
             total = state.spike_sum + h.sum(0)  # (B, N)
             return self.readout(total / (state.t + h.shape[0])), total
-        if self.kind == "regression":
+        if self.config.readout == "last":
             return self.readout(h[-1]), None
         steps, batch = h.shape[0], h.shape[1]
         y = self.readout(h.reshape(steps * batch, -1)).reshape(steps, batch, -1)
@@ -289,8 +258,8 @@ class CelifNetwork(nn.Module):
     ) -> tuple[torch.Tensor, StreamState]:
         """Feed ``x_chunk [B, Tc, F]``; returns (prediction so far, new state).
 
-        Classification: the mean-over-time readout of every step seen so far; regression: the
-        readout at the chunk's last step; sequence kinds: this chunk's per-step outputs
+        Readout "mean": the mean-over-time readout of every step seen so far; "last": the
+        readout at the chunk's last step; "every": this chunk's per-step outputs
         ``[B, Tc, out]``. Gradients never flow into the carried state (truncated BPTT)."""
         x = self._check_input(x_chunk, "x_chunk")
         if len(state.layers) != len(self.hidden):
@@ -304,7 +273,7 @@ class CelifNetwork(nn.Module):
         return out, new
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``x [B, T, F]`` -> ``[B, out]`` (classification, regression) or ``[B, T, out]``."""
+        """``x [B, T, F]`` -> ``[B, out]`` (readouts mean, last) or ``[B, T, out]`` (every)."""
         x = self._check_input(x)
         state = self.initial_state(x.shape[0])
         h, _, _ = self._hidden_pass(x.transpose(0, 1), state, record=False)
@@ -316,7 +285,7 @@ class CelifNetwork(nn.Module):
         detached. ``firing_rates``: mean spikes per neuron per step of each hidden layer."""
         x = self._check_input(x)
         state = self.initial_state(x.shape[0])
-        need_spikes = self.neuron != "lstm"
+        need_spikes = self.config.spiking
         h, _, spikes = self._hidden_pass(x.transpose(0, 1), state, record=need_spikes)
         out, _ = self._readout(h, state)
         rates = [float(s.detach().float().mean()) for s in spikes]
@@ -327,12 +296,34 @@ class CelifNetwork(nn.Module):
         return ModelOutput(out, rates, recorded)
 
     def extra_repr(self) -> str:
+        c = self.config
         return (
-            f"neuron={self.neuron}, architecture={self.architecture}, hidden={self.hidden}, "
-            f"kind={self.kind}, te={'shared' if self.spec.model.te_shared else 'per-layer'}"
-            if self.uses_te
-            else f"neuron={self.neuron}, architecture={self.architecture}, hidden={self.hidden}, kind={self.kind}"
+            f"neuron={c.neuron}, architecture={c.architecture}, hidden={self.hidden}, "
+            f"readout={c.readout}, te={c.te_mode}"
         )
+
+
+def _plif_keys(module: CelifNetwork, prefix: str) -> list[tuple[str, str]]:
+    """(module key, checkpoint key) of each layer's PLIF decay."""
+    return [
+        (f"{prefix}neurons.{i}.alpha_logit", f"{prefix}plif_logit.{i}")
+        for i in range(len(module.hidden))
+    ]
+
+
+def _plif_names_out(module: CelifNetwork, state_dict: dict, prefix: str, _meta: Any) -> None:
+    """state_dict(): the PLIF decays under their checkpoint names, in place."""
+    names = dict(_plif_keys(module, prefix))
+    items = [(names.get(k, k), v) for k, v in state_dict.items()]
+    state_dict.clear()
+    state_dict.update(items)
+
+
+def _plif_names_in(module: CelifNetwork, state_dict: dict, prefix: str, *_args: Any) -> None:
+    """load_state_dict(): checkpoint names back to the modules' parameters."""
+    for ours, theirs in _plif_keys(module, prefix):
+        if theirs in state_dict:
+            state_dict[ours] = state_dict.pop(theirs)
 
 
 def _backend_used(requested: str, current: torch.Tensor) -> str:
@@ -343,10 +334,14 @@ def _backend_used(requested: str, current: torch.Tensor) -> str:
     return "fused" if fused else "reference"
 
 
-def build_model(spec: JobSpec | dict, *, backend: str = "auto") -> CelifNetwork:
-    """The network of a job spec (a validated `JobSpec`, or a dict that is validated here).
-
-    ``backend`` overrides ``spec.training.backend`` unless it is ``"auto"``."""
-    if not isinstance(spec, JobSpec):
-        spec = validate_spec(spec)
-    return CelifNetwork(spec, backend=backend)
+def build_model(
+    config: NetworkConfig, *, backend: str = "auto", memory: str = "store"
+) -> CelifNetwork:
+    """The network of ``config`` (``spec.network`` for a job spec). Where and how it runs are
+    build arguments, never read from a spec: ``backend`` (``catalog.BACKENDS``) and ``memory``
+    (``catalog.MEMORY_MODES``), e.g. ``spec.training.backend`` and ``spec.training.memory``."""
+    if not isinstance(config, NetworkConfig):
+        raise TypeError(
+            f"build_model takes a NetworkConfig (a job spec's `.network`), got {type(config)}"
+        )
+    return CelifNetwork(config, backend=backend, memory=memory)

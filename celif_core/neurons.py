@@ -1,22 +1,31 @@
-"""Thin ``nn.Module`` wrappers around ``celif_core.functional.neuron_scan``.
+"""Thin ``nn.Module`` wrappers around ``celif_core.functional``: the neurons the networks use.
 
-Each module only holds its hyperparameters (fixed ones as buffers so ``state_dict`` round-trips,
-learnable ones as ``nn.Parameter``) and calls the functional scan. State is explicit: pass
-``state`` in and read ``result.state`` out; modules keep no hidden memory between calls.
+Each module holds its fixed hyperparameters as plain attributes (validated, with their defaults,
+by the spec's parameter models, ``spec.NEURONS[name].params``: one default per parameter) and its
+learnable ones as ``nn.Parameter`` (PLIF's decay, a CE-LIF's own TE table). State is explicit:
+pass ``state`` in and read ``result.state`` out; modules keep no hidden memory between calls.
 
-All modules: ``forward(current [T, B, N], te=None, state=None, traces=False) -> ScanResult``.
+``forward(current [T, B, N], te=None, state=None, traces=False) -> ScanResult`` scans a whole
+sequence (``functional.neuron_scan``); ``step(current_t [B, N], state, te_t=None)`` runs one
+differentiable timestep (``functional.neuron_step``, for a recurrent network's own loop).
 """
 
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 from torch import nn
 
-from celif_core.functional import CE_MODES, NeuronState, ScanResult, neuron_scan
-from celif_core.functional.reference import TE_MODES
-from celif_core.spec import CE_TIMINGS
+from celif_core.catalog import MEMORY_MODES, SCAN_BACKENDS, TE_CE_MODES
+from celif_core.functional import NeuronState, ScanResult, neuron_scan, neuron_step
+from celif_core.spec import NEURONS
+
+
+def te_table(rows: int, width: int, *, te_init_mean: float, te_init_std: float) -> nn.Parameter:
+    """A learnable temporal-encoding table ``[rows, width]`` drawn from N(mean, std^2)."""
+    return nn.Parameter(torch.randn(rows, width) * te_init_std + te_init_mean)
 
 
 class _Neuron(nn.Module):
@@ -24,45 +33,28 @@ class _Neuron(nn.Module):
 
     def __init__(
         self,
-        size: int | None,
+        size: int | None = None,
         *,
-        theta0: float,
-        surrogate_width: float,
-        detach_reset: bool,
-        backend: str,
-        memory: str,
+        backend: str = "auto",
+        memory: str = "store",
+        **params: Any,
     ) -> None:
         super().__init__()
         if size is not None and (not isinstance(size, int) or size <= 0):
             raise ValueError(f"size must be a positive int or None, got {size!r}")
-        if surrogate_width <= 0:
-            raise ValueError(f"surrogate_width must be > 0, got {surrogate_width!r}")
+        if backend not in SCAN_BACKENDS:
+            raise ValueError(f"backend must be one of {list(SCAN_BACKENDS)}, got {backend!r}")
+        if memory not in MEMORY_MODES:
+            raise ValueError(f"memory must be one of {list(MEMORY_MODES)}, got {memory!r}")
         self.size = size
-        self.detach_reset = bool(detach_reset)
         self.backend = backend
-        self.memory = memory
-        self._fixed: tuple[str, ...] = ()  # the neuron-specific fixed hyperparameters, in order
-        self._buffer("theta0", theta0)
-        self._buffer("surrogate_width", surrogate_width)
+        self.memory = memory  # the scan's: see catalog.MEMORY_MODES
+        # a pydantic ValidationError (a ValueError) names the offending parameter
+        self.hparams: dict[str, Any] = NEURONS[self.neuron].params(**params).model_dump()
 
-    def _buffer(self, name: str, value: float) -> None:
-        if not isinstance(value, (int, float)) or isinstance(value, bool):
-            raise ValueError(f"{name} must be a number, got {value!r}")
-        self.register_buffer(name, torch.tensor(float(value), dtype=torch.float64))
-
-    def _fixed_buffers(self, **values: float) -> None:
-        """Register each fixed hyperparameter as a float64 buffer and pass it to the scan."""
-        for name, value in values.items():
-            self._buffer(name, value)
-            self._fixed += (name,)
-
-    def _params(self) -> dict:
-        return {
-            "theta0": float(self.theta0),
-            "surrogate_width": float(self.surrogate_width),
-            "detach_reset": self.detach_reset,
-            **{name: float(getattr(self, name)) for name in self._fixed},
-        }
+    def scan_params(self) -> dict[str, Any]:
+        """The ``params`` mapping the functional scan and step take."""
+        return self.hparams
 
     def _check_size(self, current: torch.Tensor) -> None:
         if self.size is not None and (current.dim() != 3 or current.shape[2] != self.size):
@@ -82,12 +74,20 @@ class _Neuron(nn.Module):
         return neuron_scan(
             current,
             neuron=self.neuron,
-            params=self._params(),
+            params=self.scan_params(),
             te=te,
             state=state,
             traces=traces,
             backend=self.backend,
             memory=self.memory,
+        )
+
+    def step(
+        self, current_t: torch.Tensor, state: NeuronState, te_t: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, NeuronState]:
+        """One timestep ``[B, N]`` -> (spikes, state); gradients flow through ``state``."""
+        return neuron_step(
+            current_t, neuron=self.neuron, params=self.scan_params(), te_t=te_t, state=state
         )
 
     def extra_repr(self) -> str:
@@ -99,100 +99,37 @@ class LIF(_Neuron):
 
     neuron = "lif"
 
-    def __init__(
-        self,
-        size: int | None = None,
-        *,
-        alpha: float = 0.5,
-        theta0: float = 0.3,
-        surrogate_width: float = 0.5,
-        detach_reset: bool = False,
-        backend: str = "auto",
-        memory: str = "save",
-    ) -> None:
-        super().__init__(
-            size,
-            theta0=theta0,
-            surrogate_width=surrogate_width,
-            detach_reset=detach_reset,
-            backend=backend,
-            memory=memory,
-        )
-        self._fixed_buffers(alpha=alpha)
-
 
 class ALIF(_Neuron):
     """Adaptive-threshold LIF (paper Eq. 3): theta = theta0 + beta * eta."""
 
     neuron = "alif"
 
-    def __init__(
-        self,
-        size: int | None = None,
-        *,
-        alpha: float = 0.5,
-        rho: float = 0.99,
-        theta0: float = 0.3,
-        beta: float = 1.8,
-        surrogate_width: float = 0.5,
-        detach_reset: bool = False,
-        backend: str = "auto",
-        memory: str = "save",
-    ) -> None:
-        super().__init__(
-            size,
-            theta0=theta0,
-            surrogate_width=surrogate_width,
-            detach_reset=detach_reset,
-            backend=backend,
-            memory=memory,
-        )
-        self._fixed_buffers(alpha=alpha, rho=rho, beta=beta)
-
 
 class PLIF(_Neuron):
     """Parametric LIF (Fang et al. 2021): the decay is learnt, ``alpha = sigmoid(alpha_logit)``.
 
-    The sigmoid keeps alpha in (0, 1) whatever the optimiser does. ``per_neuron=True`` learns
-    one decay per neuron (needs ``size``); otherwise one shared scalar.
+    The sigmoid keeps alpha in (0, 1) whatever the optimiser does; ``alpha`` is its initial
+    value. ``per_neuron=True`` learns one decay per neuron (needs ``size``); otherwise one
+    shared scalar (what the networks use).
     """
 
     neuron = "plif"
 
-    def __init__(
-        self,
-        size: int | None = None,
-        *,
-        alpha: float = 0.5,
-        per_neuron: bool = False,
-        theta0: float = 0.3,
-        surrogate_width: float = 0.5,
-        detach_reset: bool = False,
-        backend: str = "auto",
-        memory: str = "save",
-    ) -> None:
-        super().__init__(
-            size,
-            theta0=theta0,
-            surrogate_width=surrogate_width,
-            detach_reset=detach_reset,
-            backend=backend,
-            memory=memory,
-        )
-        if not 0.0 < alpha < 1.0:
-            raise ValueError(f"alpha must be in (0, 1) for PLIF, got {alpha!r}")
+    def __init__(self, size: int | None = None, *, per_neuron: bool = False, **kwargs: Any):
+        super().__init__(size, **kwargs)
         if per_neuron and size is None:
             raise ValueError("size is required when per_neuron=True")
-        logit = math.log(alpha / (1.0 - alpha))
+        alpha = self.hparams["alpha"]
         shape = (size,) if per_neuron else ()
-        self.alpha_logit = nn.Parameter(torch.full(shape, logit))
+        self.alpha_logit = nn.Parameter(torch.full(shape, math.log(alpha / (1.0 - alpha))))
 
     @property
     def alpha(self) -> torch.Tensor:
         return torch.sigmoid(self.alpha_logit)
 
-    def _params(self) -> dict:
-        return {**super()._params(), "alpha": self.alpha}
+    def scan_params(self) -> dict[str, Any]:
+        return {**self.hparams, "alpha": self.alpha}
 
 
 class CELIF(_Neuron):
@@ -208,47 +145,22 @@ class CELIF(_Neuron):
 
     neuron = "celif"
 
-    def __init__(
-        self,
-        size: int | None = None,
-        *,
-        alpha: float = 0.5,
-        rho: float = 0.99,
-        theta0: float = 0.3,
-        surrogate_width: float = 0.5,
-        ce_mode: str = "membrane_te",
-        ce_timing: str = "current",
-        detach_reset: bool = False,
-        te_steps: int | None = None,
-        te_init_mean: float = 0.0,
-        te_init_std: float = 0.1,
-        backend: str = "auto",
-        memory: str = "save",
-    ) -> None:
-        super().__init__(
-            size,
-            theta0=theta0,
-            surrogate_width=surrogate_width,
-            detach_reset=detach_reset,
-            backend=backend,
-            memory=memory,
-        )
-        if ce_mode not in CE_MODES:
-            raise ValueError(f"ce_mode must be one of {list(CE_MODES)}, got {ce_mode!r}")
-        self.ce_mode = ce_mode
-        if ce_timing not in CE_TIMINGS:
-            raise ValueError(f"ce_timing must be one of {list(CE_TIMINGS)}, got {ce_timing!r}")
-        self.ce_timing = ce_timing
-        self._fixed_buffers(alpha=alpha, rho=rho)
+    def __init__(self, size: int | None = None, *, te_steps: int | None = None, **kwargs: Any):
+        super().__init__(size, **kwargs)
+        self.te: nn.Parameter | None = None
         if te_steps is not None:
             if size is None or not isinstance(te_steps, int) or te_steps <= 0:
                 raise ValueError("te_steps must be a positive int, and needs size")
-            self.te = nn.Parameter(torch.randn(te_steps, size) * te_init_std + te_init_mean)
-        else:
-            self.te = None
+            self.te = te_table(
+                te_steps,
+                size,
+                te_init_mean=self.hparams["te_init_mean"],
+                te_init_std=self.hparams["te_init_std"],
+            )
 
-    def _params(self) -> dict:
-        return {**super()._params(), "ce_mode": self.ce_mode, "ce_timing": self.ce_timing}
+    @property
+    def uses_te(self) -> bool:
+        return self.hparams["ce_mode"] in TE_CE_MODES
 
     def forward(
         self,
@@ -257,12 +169,13 @@ class CELIF(_Neuron):
         state: NeuronState | None = None,
         traces: bool = False,
     ) -> ScanResult:
-        if te is None and self.ce_mode in TE_MODES:
+        if te is None and self.uses_te:
             te = self.te  # None here makes neuron_scan raise a ValueError naming `te`
         return super().forward(current, te=te, state=state, traces=traces)
 
     def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, ce_mode={self.ce_mode!r}, ce_timing={self.ce_timing!r}"
+        p = self.hparams
+        return f"{super().extra_repr()}, ce_mode={p['ce_mode']!r}, ce_timing={p['ce_timing']!r}"
 
 
 NEURON_MODULES: dict[str, type[_Neuron]] = {"lif": LIF, "alif": ALIF, "plif": PLIF, "celif": CELIF}

@@ -19,16 +19,34 @@ from pydantic import (
     Field,
     SerializeAsAny,
     ValidationError,
+    field_validator,
     model_validator,
 )
 
-TaskName = Literal["seq_mnist", "ps_mnist", "adding", "copy_memory", "dataset"]
-NeuronName = Literal["lif", "alif", "plif", "celif", "lstm"]
-CE_MODES = ("none", "spike", "membrane", "te", "spike_te", "membrane_te")
-CeMode = Literal["none", "spike", "membrane", "te", "spike_te", "membrane_te"]
-# which membrane drives CE-LIF's threshold memory: U[t] or the previous step's pre-reset U[t-1]
-CE_TIMINGS = ("current", "previous")
-CeTiming = Literal["current", "previous"]
+from celif_core.catalog import (
+    ARCHITECTURES,
+    BACKENDS,
+    CE_MODES,
+    CE_TIMINGS,
+    DEVICES,
+    LR_SCHEDULES,
+    MEMORY_ALIASES,
+    MEMORY_MODES,
+    MNIST_TASKS,
+    NEURON_NAMES,
+    OPTIMIZERS,
+    SYNTHETIC_TASKS,
+    TASK_NAMES,
+    TE_CE_MODES,
+)
+from celif_core.config import NetworkConfig
+
+# Literal[tuple] is Literal[*tuple]: the names come from the catalog.
+TaskName = Literal[TASK_NAMES]
+NeuronName = Literal[NEURON_NAMES]
+Architecture = Literal[ARCHITECTURES]
+CeMode = Literal[CE_MODES]
+CeTiming = Literal[CE_TIMINGS]
 
 # Above this estimated activation memory a spec is refused (the batch cannot fit); the service
 # passes its own limits from settings (`SpecLimits`).
@@ -155,7 +173,7 @@ def train_split_size(task: TaskSpec) -> int | None:
     """Examples in the task's training split, known from the spec alone; None for the synthetic
     tasks (a fresh batch every step, no finite split) and for uploaded datasets (their size is
     not part of the spec)."""
-    if task.name not in ("seq_mnist", "ps_mnist"):
+    if task.name not in MNIST_TASKS:
         return None
     p = task.params
     n = MNIST_TRAIN_IMAGES - p.val_size
@@ -221,6 +239,8 @@ NEURONS: dict[str, NeuronInfo] = {
     "lstm": NeuronInfo("lstm", "LSTM of matching size (ANN baseline).", LstmParams),
 }
 
+assert tuple(TASKS) == TASK_NAMES and tuple(NEURONS) == NEURON_NAMES  # one entry per name
+
 
 # ----------------------------------------------------------------------------- spec sections
 class TaskSpec(_Strict):
@@ -234,7 +254,7 @@ class TaskSpec(_Strict):
 
 class ModelSpec(_Strict):
     neuron: NeuronName = "celif"
-    architecture: Literal["feedforward", "recurrent"] = "feedforward"
+    architecture: Architecture = "feedforward"
     hidden: list[int] = Field(default_factory=lambda: [64, 256, 256], min_length=1, max_length=8)
     neuron_params: SerializeAsAny[_Strict]
     te_shared: bool = Field(True, description="one TE table for all layers (the paper's count)")
@@ -256,9 +276,9 @@ class TrainingSpec(_Strict):
     batch_size: int = Field(256, ge=1, le=8192)
     eval_batch_size: int = Field(512, ge=1, le=8192)
     lr: float = Field(5e-4, gt=0, le=10)
-    optimizer: Literal["adam", "adamw", "sgd"] = "adam"
+    optimizer: Literal[OPTIMIZERS] = "adam"
     weight_decay: float = Field(0.0, ge=0)
-    lr_schedule: Literal["constant", "cosine", "step"] = Field(
+    lr_schedule: Literal[LR_SCHEDULES] = Field(
         "constant",
         description="cosine: to 0 over the budget; step: times lr_gamma every lr_step_epochs",
     )
@@ -268,14 +288,22 @@ class TrainingSpec(_Strict):
     seed: int = Field(0, ge=0)
     eval_every: int = Field(100, ge=1)
     checkpoint_every: int = Field(500, ge=1)
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    backend: Literal["auto", "fused", "reference"] = Field(
+    device: Literal[DEVICES] = "auto"
+    backend: Literal[BACKENDS] = Field(
         "auto", description="neuron scan implementation (reference is for debugging)"
     )
-    memory: Literal["auto", "store", "recompute"] = Field(
-        "auto", description="store activations for backward, or recompute them (less memory)"
+    memory: Literal[MEMORY_MODES] = Field(
+        "store",
+        description="store each layer's activations for backward, or keep only its input and "
+        "recompute them in backward (less memory, one more forward); 'auto' is read as 'store'",
     )
     bptt_chunk: int | None = Field(None, ge=1, description="truncated BPTT window (None = full)")
+
+    @field_validator("memory", mode="before")
+    @classmethod
+    def _old_memory_spelling(cls, value: Any) -> Any:
+        # older specs (and stored jobs) say "auto", which always stored
+        return MEMORY_ALIASES.get(value, value) if isinstance(value, str) else value
 
     @model_validator(mode="before")
     @classmethod
@@ -368,7 +396,12 @@ class JobSpec(_Strict):
 
     @property
     def uses_te(self) -> bool:
-        return self.model.neuron == "celif" and "te" in self.model.neuron_params.ce_mode.split("_")
+        return self.model.neuron == "celif" and self.model.neuron_params.ce_mode in TE_CE_MODES
+
+    @property
+    def network(self) -> NetworkConfig:
+        """The network this spec describes (what `models.build_model` builds)."""
+        return NetworkConfig.from_spec(self)
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
@@ -429,7 +462,7 @@ class _RawTask(BaseModel):
 class _RawModel(BaseModel):
     model_config = ConfigDict(extra="forbid")
     neuron: NeuronName = "celif"
-    architecture: Literal["feedforward", "recurrent"] = "feedforward"
+    architecture: Architecture = "feedforward"
     hidden: list[int] = Field(default_factory=lambda: [64, 256, 256], min_length=1, max_length=8)
     neuron_params: dict[str, Any] = Field(default_factory=dict)
     te_shared: bool = True
@@ -584,7 +617,7 @@ def _epoch_errors(spec: JobSpec) -> list[dict[str, Any]]:
     why = (
         f"the {spec.task.name} task generates a fresh batch every step and has no finite "
         "training split, so it has no epochs"
-        if spec.task.name in ("adding", "copy_memory")
+        if spec.task.name in SYNTHETIC_TASKS
         else "the size of an uploaded dataset's training split is not part of the spec"
     )
     errors = []
@@ -706,7 +739,7 @@ def _limit_errors(spec: JobSpec, limits: SpecLimits) -> list[dict[str, Any]]:
         )
     for split in ("val", "test"):
         size = getattr(spec.task.params, f"{split}_size", None)
-        if size is None or spec.task.name in ("seq_mnist", "ps_mnist"):
+        if size is None or spec.task.name in MNIST_TASKS:
             continue  # MNIST's sets are the fixed files, bounded by them
         nbytes = _eval_set_bytes(spec, size)
         if nbytes > limits.max_eval_set_bytes:
@@ -723,30 +756,9 @@ def _limit_errors(spec: JobSpec, limits: SpecLimits) -> list[dict[str, Any]]:
 
 
 # ----------------------------------------------------------------------------- estimates
-def _te_parameters(spec: JobSpec) -> int:
-    """The TE table: te_length rows of the widest layer (shared) or of every layer."""
-    if not spec.uses_te:
-        return 0
-    hidden = spec.model.hidden
-    return spec.te_length * (max(hidden) if spec.model.te_shared else sum(hidden))
-
-
 def count_parameters(spec: JobSpec) -> int:
-    """Trainable parameters of the network `build_model(spec)` builds (checked by a test)."""
-    sizes = [spec.input_size, *spec.model.hidden]
-    total = 0
-    for n_in, n_out in zip(sizes[:-1], sizes[1:], strict=True):
-        if spec.model.neuron == "lstm":
-            total += 4 * n_out * (n_in + n_out) + 8 * n_out  # W_ih, W_hh, b_ih, b_hh
-            continue
-        total += n_in * n_out + n_out
-        if spec.model.architecture == "recurrent":
-            total += n_out * n_out  # W_rec, no bias
-        if spec.model.neuron == "plif":
-            total += 1  # one learnable decay per layer
-    total += _te_parameters(spec)
-    total += spec.model.hidden[-1] * spec.output_size + spec.output_size
-    return total
+    """Trainable parameters of the network `build_model(spec.network)` builds."""
+    return spec.network.num_parameters()
 
 
 def estimate(spec: JobSpec) -> dict[str, int]:
@@ -764,7 +776,7 @@ def estimate(spec: JobSpec) -> dict[str, int]:
     eval_activation += 4 * steps * eval_batch * (spec.input_size + spec.output_size)
     return {
         "parameters": count_parameters(spec),
-        "te_parameters": _te_parameters(spec),
+        "te_parameters": spec.network.te_parameters(),
         "activation_bytes": int(activation),
         "eval_activation_bytes": int(eval_activation),
         "seq_len": steps,
@@ -808,7 +820,7 @@ def catalog_neurons() -> list[dict[str, Any]]:
         {
             "name": n.name,
             "description": n.description,
-            "architectures": ["feedforward"] if n.name == "lstm" else ["feedforward", "recurrent"],
+            "architectures": ["feedforward"] if n.name == "lstm" else list(ARCHITECTURES),
             "params_schema": _schema(n.params),
             "defaults": _defaults(n.params),
         }

@@ -65,17 +65,19 @@ def energy_estimate(
     }
 
 
+def network_energy_estimate(
+    net: Any, *, seq_len: int, firing_rates: list[float]
+) -> dict[str, float]:
+    """``energy_estimate`` for the network a `NetworkConfig` describes."""
+    shape = {k: getattr(net, k) for k in ("neuron", "architecture", "input_size", "output_size")}
+    return energy_estimate(
+        **shape, hidden=list(net.hidden), seq_len=seq_len, firing_rates=firing_rates
+    )
+
+
 def spec_energy_estimate(spec: Any, *, seq_len: int, firing_rates: list[float]) -> dict[str, float]:
     """``energy_estimate`` for the network a job spec describes."""
-    return energy_estimate(
-        neuron=spec.model.neuron,
-        architecture=spec.model.architecture,
-        input_size=spec.input_size,
-        hidden=list(spec.model.hidden),
-        output_size=spec.output_size,
-        seq_len=seq_len,
-        firing_rates=firing_rates,
-    )
+    return network_energy_estimate(spec.network, seq_len=seq_len, firing_rates=firing_rates)
 
 
 @torch.no_grad()
@@ -106,17 +108,14 @@ def spike_telemetry(
     finally:
         model.train(was_training)
     rates = [s / count for s in sums] if sums and count else []
-    spec = model.spec
-    energy = spec_energy_estimate(
-        spec,
-        seq_len=seq_len or spec.seq_len,
-        firing_rates=rates if spec.model.neuron != "lstm" else [],
+    net = model.config  # the model's NetworkConfig
+    energy = network_energy_estimate(
+        net, seq_len=seq_len or net.seq_len, firing_rates=rates if net.spiking else []
     )
     return {
         "firing_rates": rates,
         "mean_firing_rate": (
-            sum(r * n for r, n in zip(rates, spec.model.hidden, strict=True))
-            / sum(spec.model.hidden)
+            sum(r * n for r, n in zip(rates, net.hidden, strict=True)) / sum(net.hidden)
             if rates
             else None
         ),

@@ -146,7 +146,8 @@ class Trainer:
         # Seed model init without touching the process-wide generator (a worker runs job after job).
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(tr.seed)
-            self.model = build_model(self.spec).to(self.device)
+            model = build_model(self.spec.network, backend=tr.backend, memory=tr.memory)
+            self.model = model.to(self.device)
         self.model.train()
         params = list(self.model.parameters())
         if tr.optimizer == "adam":

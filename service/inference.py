@@ -303,16 +303,9 @@ def feed_chunk(stream: Stream, x: np.ndarray, *, want_probs: bool = True) -> dic
 
 # ----------------------------------------------------------------------------- TE similarity
 def te_tables(loaded: LoadedModel) -> list[tuple[str, np.ndarray]]:
-    """The model's TE tables as (name, [T, N]) arrays: one when shared, one per layer otherwise."""
-    spec = loaded.spec
-    if not spec.uses_te:
-        return []
-    tables = []
-    for name, param in loaded.model.named_parameters():
-        parts = name.lower().replace(".", "_").split("_")
-        if param.ndim == 2 and param.shape[0] == spec.te_length and "te" in parts:
-            tables.append((name, param.detach().float().cpu().numpy()))
-    return tables
+    """The TE table each hidden layer reads, as (parameter name, [te_length, N_l]) arrays
+    (`CelifNetwork.te_by_layer`); [] for a model without TE."""
+    return [(name, t.detach().float().cpu().numpy()) for name, t in loaded.model.te_by_layer()]
 
 
 def cosine_similarity_matrix(te: np.ndarray, max_size: int = 256) -> tuple[np.ndarray, int]:
@@ -335,11 +328,8 @@ def te_similarity(
     tables = te_tables(loaded)
     if not tables:
         return None
-    spec = loaded.spec
     name, table = tables[min(layer, len(tables) - 1)]
-    if spec.model.te_shared and layer < len(spec.model.hidden):
-        table = table[:, : spec.model.hidden[layer]]  # layer l uses the first N_l columns
-    table = table[: spec.seq_len]
+    table = table[: loaded.spec.seq_len]
     matrix, stride = cosine_similarity_matrix(table.astype(np.float64), max_size)
     return {
         "parameter": name,

@@ -33,11 +33,11 @@ from typing import Any, NamedTuple
 
 import torch
 
-from celif_core.spec import CE_MODES, CE_TIMINGS
+from celif_core.catalog import CE_MODES, CE_TIMINGS, TE_CE_MODES
+from celif_core.catalog import SPIKING_NEURONS as NEURONS
+from celif_core.spec import CelifParams
 
-NEURONS = ("lif", "alif", "plif", "celif")
-# ce_modes whose contextual embedding reads the temporal-encoding table
-TE_MODES = ("te", "spike_te", "membrane_te")
+_CELIF = CelifParams()  # the defaults of the optional ce_mode / ce_timing
 
 
 class NeuronState(NamedTuple):
@@ -135,11 +135,11 @@ def resolve_params(neuron: str, params: Mapping[str, Any]) -> dict[str, Any]:
     if out["surrogate_width"] <= 0:
         raise ValueError(f"surrogate_width must be > 0, got {out['surrogate_width']}")
     if neuron == "celif":
-        ce_mode = params.get("ce_mode", "membrane_te")
+        ce_mode = params.get("ce_mode", _CELIF.ce_mode)
         if ce_mode not in CE_MODES:
             raise ValueError(f"ce_mode must be one of {list(CE_MODES)}, got {ce_mode!r}")
         out["ce_mode"] = ce_mode
-        ce_timing = params.get("ce_timing", "current")
+        ce_timing = params.get("ce_timing", _CELIF.ce_timing)
         if ce_timing not in CE_TIMINGS:
             raise ValueError(f"ce_timing must be one of {list(CE_TIMINGS)}, got {ce_timing!r}")
         out["ce_timing"] = ce_timing
@@ -151,7 +151,7 @@ def resolve_params(neuron: str, params: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def needs_te(neuron: str, params: Mapping[str, Any]) -> bool:
-    return neuron == "celif" and params.get("ce_mode", "membrane_te") in TE_MODES
+    return neuron == "celif" and params.get("ce_mode", _CELIF.ce_mode) in TE_CE_MODES
 
 
 def ce_coefficients(neuron: str, p: Mapping[str, Any]) -> tuple[float, float, float]:

@@ -14,7 +14,10 @@ from typing import Any
 
 import torch
 
+from celif_core.catalog import MEMORY_MODES
+from celif_core.catalog import SCAN_BACKENDS as BACKENDS
 from celif_core.functional.reference import (
+    _CELIF,
     NeuronState,
     ScanResult,
     _check_state,
@@ -26,7 +29,6 @@ from celif_core.functional.reference import (
     zero_state,
 )
 
-BACKENDS = ("auto", "fused", "triton", "reference")
 FUSED_DTYPES = (torch.float32, torch.float64)
 
 
@@ -88,7 +90,7 @@ def neuron_scan(
     state: NeuronState | None = None,
     traces: bool = False,
     backend: str = "auto",
-    memory: str = "save",
+    memory: str = "store",
 ) -> ScanResult:
     """Scan ``neuron`` over ``current`` [T, B, N] from ``state`` (zeros if None).
 
@@ -97,15 +99,13 @@ def neuron_scan(
     ``backend``: ``"auto"`` (fused when available for this device/dtype, else reference),
     ``"fused"`` (the device's compiled kernel: C++ on CPU, Triton on CUDA), ``"triton"`` (the
     Triton kernel; on CPU only under ``TRITON_INTERPRET=1``, for verification) or
-    ``"reference"``. ``memory`` (fused only): ``"save"`` keeps U and one byte per
-    element for backward; ``"recompute"`` keeps only the input and re-runs the forward in
-    backward.
+    ``"reference"``. ``memory`` (fused only, ``catalog.MEMORY_MODES``): ``"store"`` keeps
+    U and one byte per element for backward; ``"recompute"`` keeps only the input current and
+    re-runs the forward in backward.
     """
     p = resolve_params(neuron, params)
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {list(BACKENDS)}, got {backend!r}")
-    from celif_core.kernels.fused import MEMORY_MODES
-
     if memory not in MEMORY_MODES:
         raise ValueError(f"memory must be one of {list(MEMORY_MODES)}, got {memory!r}")
     if not isinstance(current, torch.Tensor) or current.dim() != 3:
@@ -222,7 +222,7 @@ def celif(
     rho: float,
     theta0: float,
     surrogate_width: float,
-    ce_mode: str = "membrane_te",
+    ce_mode: str = _CELIF.ce_mode,
     detach_reset: bool = False,
 ) -> torch.Tensor:
     """CE-LIF spikes [T, B, N] (paper Eq. 4); ``te`` is the [T, N] temporal-encoding table."""
@@ -247,7 +247,7 @@ def celif_traces(
     rho: float,
     theta0: float,
     surrogate_width: float,
-    ce_mode: str = "membrane_te",
+    ce_mode: str = _CELIF.ce_mode,
     detach_reset: bool = False,
     state: NeuronState | None = None,
     traces: bool = True,

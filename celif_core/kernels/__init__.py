@@ -26,14 +26,15 @@ import threading
 from pathlib import Path
 from types import ModuleType
 
+from celif_core.catalog import CE_MODES, TE_CE_MODES
+
 log = logging.getLogger(__name__)
 
-# Must match the CeMode enum in scan_cpu.cpp (and the ids in scan_triton.py).
-CE_MODE_IDS = {"none": 0, "spike": 1, "membrane": 2, "te": 3, "spike_te": 4, "membrane_te": 5}
+# Must match the CeMode enum in scan_cpu.cpp (and the ids in scan_triton.py): the catalog's order.
+CE_MODE_IDS = {mode: i for i, mode in enumerate(CE_MODES)}
 # The membrane modes under ce_timing "previous" (CE reads U[t-1] before its reset) are kernels
 # of their own; the other modes read S[t-1] or TE[t] only, the same in both timings.
-PREVIOUS_MODE_IDS = {"membrane": 6, "membrane_te": 7}
-TE_MODE_IDS = (3, 4, 5, 7)  # the kernels of these modes read the TE table
+PREVIOUS_MODE_IDS = {"membrane": len(CE_MODES), "membrane_te": len(CE_MODES) + 1}
 
 
 def kernel_mode_id(ce_mode: str, ce_timing: str = "current") -> int:
@@ -41,6 +42,12 @@ def kernel_mode_id(ce_mode: str, ce_timing: str = "current") -> int:
     if ce_timing == "previous" and ce_mode in PREVIOUS_MODE_IDS:
         return PREVIOUS_MODE_IDS[ce_mode]
     return CE_MODE_IDS[ce_mode]
+
+
+# the kernels of these modes read the TE table
+TE_MODE_IDS = tuple(
+    sorted({kernel_mode_id(m, timing) for m in TE_CE_MODES for timing in ("current", "previous")})
+)
 
 
 _SOURCE = Path(__file__).with_name("scan_cpu.cpp")

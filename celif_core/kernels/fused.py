@@ -4,7 +4,7 @@ expose the same ``forward``/``backward``. Python only prepares contiguous inputs
 ``alpha``'s grad.
 
 Memory modes (what is kept between forward and backward, per element of [T, B, N]):
-    "save"       U (one scalar) + a uint8 packing S[t] and the surrogate window: 5 bytes in f32.
+    "store"      U (one scalar) + a uint8 packing S[t] and the surrogate window: 5 bytes in f32.
     "recompute"  nothing new: the input current is kept and the forward re-run inside backward.
 """
 
@@ -15,8 +15,6 @@ from typing import Any, NamedTuple
 import torch
 
 from celif_core.kernels import kernel_mode_id, load_cpu_extension, load_triton
-
-MEMORY_MODES = ("save", "recompute")
 
 
 class KernelConfig(NamedTuple):
@@ -74,7 +72,7 @@ class FusedScan(torch.autograd.Function):
         N = current.shape[2]
         alpha_vec = alpha.detach().expand(N).contiguous()  # [N]
         needs_grad = any(ctx.needs_input_grad[:3])
-        save = cfg.traces or (needs_grad and cfg.memory == "save")
+        save = cfg.traces or (needs_grad and cfg.memory == "store")
         spikes, u, code, theta, uT, sT, etaT = ext.forward(
             current, te, alpha_vec, u0, s0, eta0,
             cfg.mode, cfg.rho, cfg.gain, cfg.scale, cfg.theta0, cfg.width,
@@ -82,7 +80,7 @@ class FusedScan(torch.autograd.Function):
         )  # fmt: skip
         ctx.cfg = cfg
         ctx.alpha_shape = alpha.shape
-        if needs_grad and cfg.memory == "save":
+        if needs_grad and cfg.memory == "store":
             ctx.save_for_backward(u, code, te, alpha_vec, u0, s0)
         elif needs_grad:  # recompute: keep the input, rebuild U and the bits in backward
             ctx.save_for_backward(current, te, alpha_vec, u0, s0, eta0)
@@ -95,7 +93,7 @@ class FusedScan(torch.autograd.Function):
     def backward(ctx, grad_spikes, *_unused):
         cfg: KernelConfig = ctx.cfg
         ext = _kernel(cfg)
-        if cfg.memory == "save":
+        if cfg.memory == "store":
             u, code, te, alpha_vec, u0, s0 = ctx.saved_tensors
         else:
             current, te, alpha_vec, u0, s0, eta0 = ctx.saved_tensors

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 import celif_core.kernels as kernels
+from celif_core.catalog import CE_TIMINGS, MEMORY_MODES
 from celif_core.functional import CE_MODES, NeuronState, fused_available, neuron_scan
-from celif_core.spec import CE_TIMINGS
 
 from .kernel_cases import CASES, TIMED_MODES, assert_same, inputs, run
 
@@ -25,7 +25,7 @@ def test_fused_matches_reference(neuron, ce_mode, ce_timing, detach_reset, dtype
     assert_same(run("reference", x, te, neuron, p), run("fused", x, te, neuron, p), dtype)
 
 
-@pytest.mark.parametrize("memory", ["save", "recompute"])
+@pytest.mark.parametrize("memory", MEMORY_MODES)
 @pytest.mark.parametrize("ce_timing", CE_TIMINGS)
 @pytest.mark.parametrize("ce_mode", CE_MODES)
 def test_recompute_memory_mode_matches(ce_mode, ce_timing, memory):
@@ -47,7 +47,7 @@ def test_plif_alpha_gradient_shapes(per_neuron):
     assert fused[1][2].abs().sum() > 0
 
 
-@pytest.mark.parametrize("memory", ["save", "recompute"])
+@pytest.mark.parametrize("memory", MEMORY_MODES)
 @pytest.mark.parametrize("ce_timing", CE_TIMINGS)
 @pytest.mark.parametrize("ce_mode", TIMED_MODES)
 def test_state_carry_and_no_grad_into_state(ce_mode, ce_timing, memory):

@@ -21,8 +21,8 @@ import torch
 import triton
 
 import celif_core.kernels as kernels
+from celif_core.catalog import CE_TIMINGS, MEMORY_MODES
 from celif_core.functional import NeuronState, active_backend, neuron_scan
-from celif_core.spec import CE_TIMINGS
 
 from .kernel_cases import CASES, TIMED_MODES, assert_same, inputs, run
 
@@ -69,7 +69,7 @@ def test_triton_matches_reference(interpreter, neuron, ce_mode, ce_timing, detac
     assert_same(run("reference", x, te, neuron, p), run("triton", x, te, neuron, p), dtype)
 
 
-@pytest.mark.parametrize("memory", ["save", "recompute"])
+@pytest.mark.parametrize("memory", MEMORY_MODES)
 @pytest.mark.parametrize("ce_timing", CE_TIMINGS)
 @pytest.mark.parametrize("ce_mode", ["membrane_te", "membrane", "spike"])
 def test_triton_memory_modes(interpreter, ce_mode, ce_timing, memory):
@@ -234,7 +234,7 @@ def test_cuda_auto_uses_triton_and_trains(compiled_module):
 
     assert active_backend("cuda") == "fused-triton"
     spec = {"task": {"name": "adding", "seq_len": 30}, "model": {"hidden": [32, 32]}}
-    model = build_model(spec).cuda()
+    model = build_model(spec.network).cuda()
     x = torch.rand(8, 30, 2, device="cuda")
     out = model(x)
     out.float().pow(2).mean().backward()

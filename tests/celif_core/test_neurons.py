@@ -1,4 +1,4 @@
-"""celif_core.neurons: thin modules over the functional scan."""
+"""celif_core.neurons: thin modules over the functional scan, the ones the networks use."""
 
 from __future__ import annotations
 
@@ -7,13 +7,19 @@ import io
 import pytest
 import torch
 
-from celif_core.functional import neuron_scan
+from celif_core.catalog import SPIKING_NEURONS
+from celif_core.functional import NeuronState, neuron_scan, neuron_step
 from celif_core.neurons import ALIF, CELIF, LIF, NEURON_MODULES, PLIF
+from celif_core.spec import NEURONS
 
 
 def _x(T=10, B=3, N=6, seed=0):
     g = torch.Generator().manual_seed(seed)
     return torch.randn(T, B, N, generator=g) * 0.6 + 0.25
+
+
+def test_one_module_per_spiking_neuron():
+    assert tuple(NEURON_MODULES) == SPIKING_NEURONS
 
 
 @pytest.mark.parametrize("name", sorted(NEURON_MODULES))
@@ -23,9 +29,29 @@ def test_module_forward_matches_functional(name):
     mod = NEURON_MODULES[name](6)
     r = mod(x, te=te, traces=True)
     assert r.spikes.shape == r.u.shape == x.shape
-    p = mod._params()
+    p = mod.scan_params()
     ref = neuron_scan(x, neuron=name, params=p, te=te, backend="reference")
     assert torch.equal(r.spikes, ref.spikes)
+
+
+@pytest.mark.parametrize("name", sorted(NEURON_MODULES))
+def test_defaults_are_the_specs(name):
+    # one default per parameter: the spec's parameter model (surrogate_width 1.0, ...)
+    assert NEURON_MODULES[name]().hparams == NEURONS[name].params().model_dump()
+    assert NEURON_MODULES[name]().hparams["surrogate_width"] == 1.0
+
+
+@pytest.mark.parametrize("name", sorted(NEURON_MODULES))
+def test_step_matches_functional_step(name):
+    mod = NEURON_MODULES[name](6)
+    x, te = _x(T=1)[0], torch.randn(6) * 0.3
+    z = torch.zeros(3, 6)
+    st = NeuronState(z, z, z)
+    s, new = mod.step(x, st, te)
+    s_ref, new_ref = neuron_step(x, neuron=name, params=mod.scan_params(), te_t=te, state=st)
+    assert torch.equal(s, s_ref) and all(
+        torch.equal(a, b) for a, b in zip(new, new_ref, strict=True)
+    )
 
 
 def test_modules_hold_no_hidden_state():
@@ -66,12 +92,13 @@ def test_state_dict_round_trip(make):
     assert torch.equal(src(x, te=te).spikes, dst(x, te=te).spikes)
 
 
-def test_buffers_and_parameters():
-    lif = LIF(4)
-    assert {n for n, _ in lif.named_buffers()} == {"alpha", "theta0", "surrogate_width"}
+def test_hyperparameters_and_parameters():
+    # fixed hyperparameters are plain attributes (the config), only learnt ones are state
+    lif = LIF(4, alpha=0.7)
+    assert lif.hparams["alpha"] == 0.7 and list(lif.state_dict()) == []
     assert list(lif.parameters()) == []
     alif = ALIF(4)
-    assert {"rho", "beta"} <= {n for n, _ in alif.named_buffers()}
+    assert {"rho", "beta"} <= set(alif.hparams)
     plif = PLIF(4, alpha=0.5)
     assert [n for n, _ in plif.named_parameters()] == ["alpha_logit"]
     assert plif.alpha.item() == pytest.approx(0.5)
@@ -93,7 +120,7 @@ def test_celif_previous_timing_and_te_init_mean():
     assert abs(float(mod.te.detach().mean()) - 0.5) < 0.01
     assert "ce_timing='previous'" in repr(mod)
     x, te = _x(), torch.randn(10, 6) * 0.3
-    p = mod._params()
+    p = mod.scan_params()
     assert p["ce_timing"] == "previous"
     ref = neuron_scan(x, neuron="celif", params=p, te=te, backend="reference")
     assert torch.equal(mod(x, te=te).spikes, ref.spikes)
@@ -116,6 +143,10 @@ def test_module_validation():
         LIF(4, surrogate_width=-1.0)
     with pytest.raises(ValueError, match="alpha"):
         PLIF(4, alpha=1.5)
+    with pytest.raises(ValueError, match="beta"):
+        LIF(4, beta=1.0)  # not a LIF parameter
+    with pytest.raises(ValueError, match="memory"):
+        LIF(4, memory="save")
     with pytest.raises(ValueError, match="current"):
         LIF(4)(torch.randn(3, 2, 5))
     with pytest.raises(ValueError, match="te"):

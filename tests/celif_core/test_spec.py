@@ -7,7 +7,7 @@ import math
 import pytest
 
 from celif_core.models import build_model
-from celif_core.spec import SpecError, SpecLimits, estimate, validate_spec
+from celif_core.spec import SpecError, SpecLimits, count_parameters, estimate, validate_spec
 
 
 def test_defaults_filled_and_derived_facts():
@@ -42,7 +42,7 @@ def test_te_length_longer_table_is_allowed_and_used():
             "model": {"te_length": 64, "hidden": [8]},
         }
     )
-    model = build_model(spec)
+    model = build_model(spec.network)
     assert tuple(model.te.shape) == (64, 8)
 
 
@@ -171,3 +171,28 @@ def test_limits_are_configurable():
     with pytest.raises(SpecError) as err:
         validate_spec(data, limits=SpecLimits(max_parameters=est["parameters"] - 1))
     assert err.value.errors[0]["loc"] == ["model", "hidden"]
+
+
+def test_memory_modes_and_the_old_auto():
+    # one spelling: store | recompute; "auto" (which always stored) still validates, as "store"
+    base = {"task": {"name": "adding"}}
+    assert validate_spec(base).training.memory == "store"
+    old = validate_spec({**base, "training": {"memory": "auto"}})
+    assert old.training.memory == "store"
+    assert validate_spec({**base, "training": {"memory": "recompute"}}).training.memory == (
+        "recompute"
+    )
+    with pytest.raises(SpecError, match=r"training\.memory"):
+        validate_spec({**base, "training": {"memory": "save"}})
+
+
+def test_network_config_from_spec():
+    spec = validate_spec(
+        {"task": {"name": "copy_memory", "params": {"delay": 5}},
+         "model": {"hidden": [8, 4], "te_shared": False}}
+    )  # fmt: skip
+    net = spec.network
+    assert (net.input_size, net.hidden, net.output_size) == (10, (8, 4), 10)
+    assert (net.readout, net.te_mode, net.te_length, net.seq_len) == ("every", "per_layer", 25, 25)
+    assert dict(net.neuron_params) == spec.model.neuron_params.model_dump()
+    assert count_parameters(spec) == net.num_parameters()

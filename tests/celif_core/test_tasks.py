@@ -162,7 +162,7 @@ def test_dataset_task(tmp_path, target, kind, loss_metric):
     assert task.primary_metric == loss_metric
     from celif_core.models import build_model
 
-    model = build_model(spec)
+    model = build_model(spec.network)
     xb, yb = task.train_batch(0, 8, 0)
     out = model(xb)
     loss = task.loss(out, yb)

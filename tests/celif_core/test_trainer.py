@@ -104,7 +104,7 @@ def test_energy_estimate_forms():
     # the paper's order of magnitude: a few nJ for the feedforward CE-LIF, hundreds for the LSTM
     assert 1 < ff["energy_nj_per_step"] < 30 and lstm["energy_nj_per_step"] > 300
     assert ff["energy_nj"] == pytest.approx(784 * ff["energy_nj_per_step"])
-    model = build_model(make_spec("adding", seq_len=10, hidden=[4]))
+    model = build_model(make_spec("adding", seq_len=10, hidden=[4]).network)
     tel = spike_telemetry(model, [(torch.rand(3, 10, 2), None)])
     assert len(tel["firing_rates"]) == 1 and tel["energy_nj"] > 0
 
