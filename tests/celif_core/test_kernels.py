@@ -1,9 +1,9 @@
 """The fused CPU kernel against the reference loop: outputs, traces, final state and gradients
 for every neuron, ce_mode, dtype and memory mode; its fallbacks; and CELIF_REQUIRE_FUSED.
 
-The tests marked ``needs_fused`` skip when the C++ extension does not build here, naming the
-build error, and fail instead under ``CELIF_REQUIRE_FUSED=1`` (CI), so the fused path cannot
-go unbuilt behind a green run."""
+The tests that take the ``fused_cpu`` fixture skip when the C++ extension does not build here,
+naming the build error, and fail instead under ``CELIF_REQUIRE_FUSED=1`` (CI), so the fused
+path cannot go unbuilt behind a green run."""
 
 from __future__ import annotations
 
@@ -21,30 +21,26 @@ from celif_core.spec import CE_TIMINGS
 
 from .kernel_cases import CASES, TIMED_MODES, assert_same, inputs, require_fused_cpu, run
 
-needs_fused = pytest.mark.usefixtures("fused_cpu")
-
 
 @pytest.fixture
 def fused_cpu():
     require_fused_cpu()
 
 
-@needs_fused
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("detach_reset", [False, True])
 @pytest.mark.parametrize("neuron,ce_mode,ce_timing", CASES)
-def test_fused_matches_reference(neuron, ce_mode, ce_timing, detach_reset, dtype):
+def test_fused_matches_reference(fused_cpu, neuron, ce_mode, ce_timing, detach_reset, dtype):
     x, te, alpha = inputs(neuron, dtype)
     p = dict(alpha=alpha, rho=0.9, theta0=0.3, beta=1.8, surrogate_width=0.5)
     p.update(ce_mode=ce_mode, ce_timing=ce_timing, detach_reset=detach_reset)
     assert_same(run("reference", x, te, neuron, p), run("fused", x, te, neuron, p), dtype)
 
 
-@needs_fused
 @pytest.mark.parametrize("memory", ["save", "recompute"])
 @pytest.mark.parametrize("ce_timing", CE_TIMINGS)
 @pytest.mark.parametrize("ce_mode", CE_MODES)
-def test_recompute_memory_mode_matches(ce_mode, ce_timing, memory):
+def test_recompute_memory_mode_matches(fused_cpu, ce_mode, ce_timing, memory):
     x, te, _ = inputs("celif", torch.float32, seed=1)
     p = dict(alpha=0.5, rho=0.99, theta0=0.3, surrogate_width=0.5, ce_mode=ce_mode)
     p["ce_timing"] = ce_timing
@@ -53,9 +49,8 @@ def test_recompute_memory_mode_matches(ce_mode, ce_timing, memory):
     assert_same(ref, fused, torch.float32)
 
 
-@needs_fused
 @pytest.mark.parametrize("per_neuron", [False, True])
-def test_plif_alpha_gradient_shapes(per_neuron):
+def test_plif_alpha_gradient_shapes(fused_cpu, per_neuron):
     x, te, alpha = inputs("plif", torch.float64, alpha_per_neuron=per_neuron, seed=2)
     p = dict(alpha=alpha, theta0=0.3, surrogate_width=0.5)
     ref, fused = run("reference", x, te, "plif", p), run("fused", x, te, "plif", p)
@@ -64,11 +59,10 @@ def test_plif_alpha_gradient_shapes(per_neuron):
     assert fused[1][2].abs().sum() > 0
 
 
-@needs_fused
 @pytest.mark.parametrize("memory", ["save", "recompute"])
 @pytest.mark.parametrize("ce_timing", CE_TIMINGS)
 @pytest.mark.parametrize("ce_mode", TIMED_MODES)
-def test_state_carry_and_no_grad_into_state(ce_mode, ce_timing, memory):
+def test_state_carry_and_no_grad_into_state(fused_cpu, ce_mode, ce_timing, memory):
     # a carried state (as between truncated-BPTT chunks or streamed predict calls): under
     # "previous" the first step's CE reads the state's U, so outputs and grads depend on it
     x, te, _ = inputs("celif", torch.float32, seed=3)
@@ -86,8 +80,7 @@ def test_state_carry_and_no_grad_into_state(ce_mode, ce_timing, memory):
     assert all(t.grad is None for t in st)
 
 
-@needs_fused
-def test_non_contiguous_input_and_no_grad():
+def test_non_contiguous_input_and_no_grad(fused_cpu):
     x, te, _ = inputs("celif", torch.float32, seed=5)
     xt = x.detach().transpose(1, 2).contiguous().transpose(1, 2)  # same values, odd strides
     assert not xt.is_contiguous()
@@ -98,8 +91,7 @@ def test_non_contiguous_input_and_no_grad():
     assert torch.equal(a, b.spikes)
 
 
-@needs_fused
-def test_fused_rejects_unsupported_dtype_and_auto_falls_back():
+def test_fused_rejects_unsupported_dtype_and_auto_falls_back(fused_cpu):
     x = torch.randn(4, 2, 3, dtype=torch.bfloat16)
     p = dict(alpha=0.5, theta0=0.3, surrogate_width=0.5)
     with pytest.raises(ValueError, match="backend='fused'"):
@@ -134,8 +126,7 @@ def test_failed_build_logs_and_falls_back(monkeypatch, caplog):
     assert r.spikes.shape == x.shape
 
 
-@needs_fused
-def test_large_batch_odd_sizes_match():
+def test_large_batch_odd_sizes_match(fused_cpu):
     # more batch rows than threads, N not a multiple of the vector width
     x, te, _ = inputs("celif", torch.float32, T=50, B=37, N=67, seed=6)
     p = dict(alpha=0.5, rho=0.99, theta0=0.3, surrogate_width=0.5)
