@@ -1,4 +1,5 @@
-"""An uploaded NPZ dataset: ``x [N, T, F]`` float, ``y [N]`` or ``[N, T]``.
+"""An uploaded NPZ dataset: ``x [N, T, F]`` float, ``y [N]`` or ``[N, T]`` (the rules:
+`celif_core.dataset_rules`, shared with the API's upload).
 
 Stored at ``<datasets_dir>/<dataset_id>.npz``. Integer targets are classes, float targets are
 reals; ``y [N, T]`` is a per-step target. A seeded split carves test and validation sets by the
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,6 +18,13 @@ from typing import Any
 import numpy as np
 import torch
 
+from celif_core.dataset_rules import (
+    DatasetFacts,
+    InvalidDataset,
+    check_arrays,
+    check_keys,
+    not_an_npz,
+)
 from celif_core.errors import DataError
 from celif_core.tasks.base import Task, derived_generator, split_batches
 
@@ -29,58 +38,42 @@ def dataset_path(datasets_dir: str | os.PathLike, dataset_id: str) -> Path:
 
 
 def read_npz(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
-    """Read and check ``x`` and ``y`` (never unpickles)."""
-    try:
-        with np.load(path, allow_pickle=False) as npz:
-            if "x" not in npz or "y" not in npz:
-                raise DataError(
-                    f"{path}: an NPZ with arrays 'x' [N,T,F] and 'y' [N] or [N,T] is required, got {sorted(npz.files)}"
-                )
-            x, y = npz["x"], npz["y"]
-    except FileNotFoundError as exc:
-        raise DataError(f"dataset file {path} does not exist") from exc
-    except (OSError, ValueError) as exc:
-        if isinstance(exc, DataError):
-            raise
-        raise DataError(f"{path} is not a readable NPZ file: {exc}") from exc
-    if x.ndim != 3:
-        raise DataError(f"{path}: x must be [N, T, F], got shape {list(x.shape)}")
-    if (
-        y.ndim not in (1, 2)
-        or y.shape[0] != x.shape[0]
-        or (y.ndim == 2 and y.shape[1] != x.shape[1])
-    ):
-        raise DataError(
-            f"{path}: y must be [N]={[x.shape[0]]} or [N, T]={[x.shape[0], x.shape[1]]}, "
-            f"got shape {list(y.shape)}"
-        )
-    if x.shape[0] < 3:
-        raise DataError(f"{path}: need at least 3 examples for train/val/test, got {x.shape[0]}")
-    if not np.issubdtype(x.dtype, np.number) or not np.isfinite(x).all():
-        raise DataError(f"{path}: x must be finite numbers")
-    if not (np.issubdtype(y.dtype, np.integer) or np.issubdtype(y.dtype, np.floating)):
-        raise DataError(f"{path}: y must be integer classes or float values, got {y.dtype}")
+    """Read ``x`` and ``y`` (never unpickles) and check them by `celif_core.dataset_rules`, the
+    rules the API's upload applies; a refusal is an `InvalidDataset` (a `DataError`) naming
+    the file."""
+    x, y = _load(path)
+    _check(path, x, y)
     return x, y
 
 
 def dataset_facts(path: str | os.PathLike) -> dict[str, Any]:
     """What `validate_spec`'s dataset resolver returns: seq_len, input_size, output_size, kind,
-    target (``per_sequence`` / ``per_step``)."""
-    x, y = read_npz(path)
-    if np.issubdtype(y.dtype, np.integer):
-        if y.min() < 0:
-            raise DataError(f"{path}: class labels must be >= 0, got {int(y.min())}")
-        kind, output_size = "classification", int(y.max()) + 1
-    else:
-        kind, output_size = "regression", 1
-    return {
-        "seq_len": int(x.shape[1]),
-        "input_size": int(x.shape[2]),
-        "output_size": output_size,
-        "kind": kind,
-        "target": "per_step" if y.ndim == 2 else "per_sequence",
-        "num_examples": int(x.shape[0]),
-    }
+    target (``per_sequence`` / ``per_step``), num_sequences; the facts the API's upload stores
+    for the same file."""
+    return _check(path, *_load(path)).resolver_facts()
+
+
+def _load(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
+    try:
+        zipfile.ZipFile(path).close()  # np.load would read any other file as a pickle
+        with np.load(path, allow_pickle=False) as npz:
+            check_keys(npz.files)
+            return npz["x"], npz["y"]
+    except FileNotFoundError as exc:
+        raise DataError(f"dataset file {path} does not exist") from exc
+    except InvalidDataset as exc:
+        raise InvalidDataset(f"{path}: {exc}") from None
+    except (zipfile.BadZipFile, OSError) as exc:
+        raise InvalidDataset(f"{path}: {not_an_npz(exc)}") from None
+    except ValueError as exc:  # an object array (allow_pickle=False), a corrupt member
+        raise InvalidDataset(f"{path}: the arrays could not be read: {exc}") from None
+
+
+def _check(path: str | os.PathLike, x: np.ndarray, y: np.ndarray) -> DatasetFacts:
+    try:
+        return check_arrays(x, y)
+    except InvalidDataset as exc:
+        raise InvalidDataset(f"{path}: {exc}") from None
 
 
 class DatasetTask(Task):

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import os
+
+import pytest
 import torch
 
-from celif_core.functional import CE_MODES, neuron_scan
+from celif_core import kernels
+from celif_core.functional import CE_MODES, fused_available, neuron_scan
 from celif_core.spec import CE_TIMINGS
 
 # (neuron, ce_mode, ce_timing): every celif ce_mode under both timings
@@ -13,6 +17,18 @@ CASES += [("celif", m, timing) for m in CE_MODES for timing in CE_TIMINGS]
 # the ce_modes whose kernels differ between the timings (the others never read U)
 TIMED_MODES = ("membrane", "membrane_te")
 TOL = {torch.float32: dict(rtol=1e-5, atol=1e-5), torch.float64: dict(rtol=1e-10, atol=1e-12)}
+
+
+def require_fused_cpu() -> None:
+    """Return if the fused C++ CPU kernel builds and loads; else skip the calling test, naming
+    the build error, or with CELIF_REQUIRE_FUSED=1 (CI, `.ci/run`) fail it, so an unbuilt
+    kernel can never pass as skipped tests."""
+    if fused_available("cpu"):
+        return
+    reason = f"fused CPU kernel unavailable: {kernels.cpu_extension_error()}"
+    if os.environ.get("CELIF_REQUIRE_FUSED") == "1":
+        pytest.fail(f"CELIF_REQUIRE_FUSED=1 but the {reason}", pytrace=False)
+    pytest.skip(reason)
 
 
 def inputs(neuron, dtype, *, T=24, B=5, N=13, alpha_per_neuron=False, seed=0):

@@ -22,12 +22,14 @@ from celif_core.functional import (
     spike_fn_primitive,
 )
 
+from .kernel_cases import require_fused_cpu
+
 BACKENDS = ["reference", "fused"]
 
 
 def _backend(name: str) -> str:
-    if name == "fused" and not fused_available():
-        pytest.skip("fused CPU kernel unavailable")
+    if name == "fused":
+        require_fused_cpu()  # a skip, or a failure under CELIF_REQUIRE_FUSED=1 (CI)
     return name
 
 
@@ -251,10 +253,40 @@ def test_public_functions_match_neuron_scan():
         assert torch.equal(spikes, result.spikes)
 
 
-def test_active_backend_reports():
-    assert active_backend() in ("fused-cpu", "reference")
-    assert active_backend() == ("fused-cpu" if fused_available() else "reference")
+def _record_scans(monkeypatch) -> list[str]:
+    """The names of the scans ``neuron_scan`` runs from now on: fused_scan / reference_scan."""
+    from celif_core.functional import scan
+    from celif_core.kernels import fused
+
+    calls: list[str] = []
+    for module, name in ((fused, "fused_scan"), (scan, "reference_scan")):
+        real = getattr(module, name)
+
+        def recorded(*args, _real=real, _name=name, **kwargs):
+            calls.append(_name)
+            return _real(*args, **kwargs)
+
+        monkeypatch.setattr(module, name, recorded)
+    return calls
+
+
+def test_active_backend_names_the_scan_auto_runs(monkeypatch):
+    # With the CPU kernel built, active_backend() says "fused-cpu" and backend="auto" runs the
+    # fused scan; with it disabled, both say and run the reference. Tensors on a device no
+    # kernel serves report the reference.
+    require_fused_cpu()
+    calls = _record_scans(monkeypatch)
+    x = torch.randn(4, 2, 3)
+    p = dict(alpha=0.5, theta0=0.3, surrogate_width=0.5)
+    assert active_backend() == "fused-cpu"
     assert active_backend("meta") == "reference"
+    fused = neuron_scan(x, neuron="lif", params=p)
+    assert calls == ["fused_scan"]
+    monkeypatch.setenv("CELIF_DISABLE_FUSED", "1")
+    assert not fused_available() and active_backend() == "reference"
+    ref = neuron_scan(x, neuron="lif", params=p)
+    assert calls == ["fused_scan", "reference_scan"]
+    assert torch.equal(fused.spikes, ref.spikes)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

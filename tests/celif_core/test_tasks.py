@@ -174,7 +174,16 @@ def test_dataset_errors(tmp_path):
     with pytest.raises(DataError, match="does not exist"):
         dataset_facts(tmp_path / "nope.npz")
     np.savez(tmp_path / "bad.npz", x=np.zeros((5, 3)), y=np.zeros(5))
-    with pytest.raises(DataError, match=r"x must be \[N, T, F\]"):
+    with pytest.raises(DataError, match=r"bad.npz: x must have shape \[N, T, F\]"):
         dataset_facts(tmp_path / "bad.npz")
+    # the upload's rules (celif_core.dataset_rules), not looser ones of the loader's own
+    np.savez(tmp_path / "few.npz", x=np.zeros((5, 4, 1)), y=np.zeros(5, np.int64))
+    with pytest.raises(DataError, match="x has N=5 sequences; at least 10 are needed"):
+        dataset_facts(tmp_path / "few.npz")
+    np.savez(tmp_path / "extra.npz", x=np.zeros((10, 4, 1)), y=np.zeros(10), z=np.zeros(1))
+    with pytest.raises(DataError, match="unexpected 'z'"):
+        dataset_facts(tmp_path / "extra.npz")
+    np.savez(tmp_path / "one_class.npz", x=np.zeros((10, 4, 1)), y=np.zeros(10, np.int64))
+    assert dataset_facts(tmp_path / "one_class.npz")["output_size"] == 2
     with pytest.raises(DataError):
         dataset_path(tmp_path, "../etc/passwd")

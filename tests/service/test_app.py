@@ -72,6 +72,29 @@ def test_catalogs(client):
     assert neurons["training_defaults"]["batch_size"] == 256
 
 
+def test_catalogs_serve_the_names_and_facts_the_dashboard_uses(client):
+    # The dashboard hard-codes no task, neuron or mode name: these fields are what it reads.
+    from celif_core.spec import CE_MODES, TASKS, TrainingSpec
+
+    tasks = client.get("/api/v1/tasks").json()
+    by_name = {t["name"]: t for t in tasks["items"]}
+    assert tasks["default"] in TASKS and by_name[tasks["default"]]["image"] is None  # no download
+    assert {n: t["input_size"] for n, t in by_name.items()} == {
+        "seq_mnist": 1, "ps_mnist": 1, "adding": 2, "copy_memory": 10, "dataset": None,
+    }  # fmt: skip
+    assert by_name["seq_mnist"]["image"] == {"height": 28, "width": 28, "pixel_order": "raster"}
+    assert by_name["ps_mnist"]["image"]["pixel_order"] == "permuted"
+    neurons = client.get("/api/v1/neurons").json()
+    assert neurons["default"] == "celif"
+    facts = {n["name"]: (n["spiking"], n["te_modes"]) for n in neurons["items"]}
+    assert facts["lstm"] == (False, []) and facts["lif"] == (True, [])
+    assert facts["celif"] == (True, ["te", "spike_te", "membrane_te"])
+    assert set(facts["celif"][1]) < set(CE_MODES)
+    schema = neurons["training_schema"]["properties"]
+    for name in ("optimizer", "lr_schedule", "device", "backend", "memory"):
+        assert schema[name]["enum"] == list(TrainingSpec.model_fields[name].annotation.__args__)
+
+
 def test_body_size_limit(client, db):
     # settings.max_body_bytes is 64 KiB in these tests
     big = small_spec(name="x" * 100) | {"padding": "y" * 70_000}

@@ -5,6 +5,7 @@ job; a picked and a drawn digit on an MNIST job), and save screenshots under `te
 
 from __future__ import annotations
 
+import json
 import shutil
 import tempfile
 import time
@@ -117,7 +118,19 @@ def test_dashboard_end_to_end(browser, tmp_path, trained):
             lambda d: len(Select(d.find_element(By.ID, "f-task")).options) == 5,
             what="task catalog",
         )
-        # the default task needs no MNIST download; fields carry the schema's help text
+        # The names offered are the catalog's (the dashboard spells none itself); the default
+        # task needs no MNIST download; fields carry the schema's help text.
+        with srv.client() as api:
+            tasks, neurons = api.get("/api/v1/tasks").json(), api.get("/api/v1/neurons").json()
+
+        def offered(select) -> list[str]:
+            return [o.get_attribute("value") for o in Select(select).options]
+
+        assert offered(d.find_element(By.ID, "f-task")) == [t["name"] for t in tasks["items"]]
+        assert offered(d.find_element(By.ID, "f-neuron")) == [n["name"] for n in neurons["items"]]
+        for name in ("optimizer", "device", "backend", "memory"):
+            enum = neurons["training_schema"]["properties"][name]["enum"]
+            assert offered(_field(d, f"training.{name}")) == enum
         assert Select(d.find_element(By.ID, "f-task")).first_selected_option.text == "adding"
         _wait(
             d,
@@ -220,8 +233,26 @@ def test_dashboard_end_to_end(browser, tmp_path, trained):
             d, lambda d: d.find_element(By.ID, "predict-summary").text, 240, "prediction"
         )
         assert summary.startswith("Predicted value") and "target" in summary
-        assert int(d.find_element(By.ID, "raster").get_attribute("data-spikes")) >= 0
-        assert "layer 1" in d.find_element(By.ID, "raster").text
+        # The raster shows layer 1's spikes for that sample: the same spikes, at the same
+        # (timestep, neuron) points, as the API returns for the same request.
+        with srv.client() as api:
+            r = api.post(
+                f"/api/v1/jobs/{job_id}/predict",
+                json={
+                    "inputs": json.loads(d.find_element(By.ID, "predict-json").get_attribute("value")),
+                    "checkpoint": d.find_element(By.ID, "predict-checkpoint").get_attribute("value"),
+                    "return": ["spikes"],
+                    "spikes_layer": 1,
+                },
+            )  # fmt: skip
+        assert r.status_code == 200, r.text
+        expected = r.json()["spikes"]["rasters"][0]
+        assert len(expected["t"]) > 0  # a trained layer fires: an empty raster would be a bug
+        raster = d.find_element(By.ID, "raster")
+        assert int(raster.get_attribute("data-spikes")) == len(expected["t"])
+        drawn = d.execute_script("const t = arguments[0].data[0]; return [t.x, t.y];", raster)
+        assert drawn == [expected["t"], expected["neuron"]]
+        assert f"layer 1 ({len(expected['t'])} spikes)" in raster.text
         # The CE-LIF job shows its TE cosine-similarity heatmap.
         _wait(
             d,

@@ -4,6 +4,7 @@ with the reason and nothing stored; an uploaded dataset trains a job end to end 
 from __future__ import annotations
 
 import io
+import re
 from pathlib import Path
 
 import numpy as np
@@ -131,6 +132,45 @@ def test_malformed_uploads_are_refused_and_leave_nothing(pclient, db, psettings,
     assert err["loc"] == ["body", "file"]
     assert _stored(psettings) == []  # no file, not even a temp file
     assert pclient.get("/api/v1/datasets").json()["items"] == []  # no row
+
+
+# The cases that are rules on the arrays (not on the upload: its size, an empty body, a bomb).
+RULE_CASES = sorted(set(MALFORMED) - {"empty_file", "decompression_bomb"})
+
+
+@pytest.mark.parametrize("case", RULE_CASES)
+def test_the_training_loader_refuses_what_the_upload_refuses(tmp_path, case):
+    # One set of rules (celif_core.dataset_rules) for the upload and for the training side.
+    from celif_core.errors import DataError
+    from celif_core.tasks.dataset import dataset_facts
+    from service.datasets.validate import InvalidDataset, inspect_npz
+
+    payload, reason = MALFORMED[case]
+    kind = "classification" if case == "float_labels_as_classification" else "auto"
+    path = tmp_path / "case.npz"
+    path.write_bytes(payload)
+    with pytest.raises(InvalidDataset, match=re.escape(reason)):
+        inspect_npz(path, kind=kind, max_array_bytes=2**30)
+    if kind == "auto":  # the loader infers the kind
+        with pytest.raises(DataError) as refused:
+            dataset_facts(path)
+        assert reason.lower() in str(refused.value).lower()
+
+
+@pytest.mark.parametrize(
+    "y",
+    [y0, y0 * 0, (y0 * 7).astype(np.uint8), x0.sum(-1), x0[:, 0, 0].astype(np.float64)],
+    ids=["labels", "one_class", "uint8_labels", "per_step_real", "real"],
+)
+def test_the_training_loader_reads_the_facts_the_upload_stores(tmp_path, y):
+    from celif_core.tasks.dataset import dataset_facts
+    from service.datasets.validate import inspect_npz
+
+    path = tmp_path / "ok.npz"
+    path.write_bytes(npz(x=x0, y=y))
+    stored = inspect_npz(path, max_array_bytes=2**30)
+    assert dataset_facts(path) == stored.resolver_facts()
+    assert stored.output_size == (max(int(y.max()) + 1, 2) if y.dtype.kind in "iu" else 1)
 
 
 def test_too_big_upload_is_413_and_leaves_nothing(pclient, db, psettings):

@@ -5,17 +5,8 @@
 
 const API = "/api/v1";
 const TOKEN_KEY = "celif_token";
-const MNIST_TASKS = ["seq_mnist", "ps_mnist"];
-const DEFAULT_TASK = "adding";
 // One colour per split, the same while a job runs and after it finished.
 const SPLIT_COLORS = { train: "#2855d8", val: "#d97706", test: "#157f3b", baseline: "#667085" };
-const TRAINING_ENUMS = {
-  optimizer: ["adam", "adamw", "sgd"],
-  lr_schedule: ["constant", "cosine", "step"],
-  device: ["auto", "cpu", "cuda"],
-  backend: ["auto", "fused", "reference"],
-  memory: ["auto", "store", "recompute"],
-};
 
 const $ = (sel) => document.querySelector(sel);
 const el = (tag, attrs = {}, ...children) => {
@@ -31,7 +22,9 @@ const el = (tag, attrs = {}, ...children) => {
 };
 
 const state = {
-  catalog: null, // {tasks, neurons, training_defaults, training_schema}
+  // Every task, neuron and mode name comes from the server's catalog (/tasks, /neurons):
+  // {tasks, neurons, default_task, default_neuron, training_defaults, training_schema}
+  catalog: null,
   jobsTimer: null,
   jobView: null, // per-job page state, reset on navigation
 };
@@ -184,9 +177,19 @@ async function showJobs() {
 async function loadCatalog() {
   if (state.catalog) return state.catalog;
   const [tasks, neurons] = await Promise.all([api("/tasks"), api("/neurons")]);
-  state.catalog = { tasks: tasks.items, neurons: neurons.items, training_defaults: neurons.training_defaults, training_schema: neurons.training_schema };
+  state.catalog = {
+    tasks: tasks.items,
+    neurons: neurons.items,
+    default_task: tasks.default,
+    default_neuron: neurons.default,
+    training_defaults: neurons.training_defaults,
+    training_schema: neurons.training_schema,
+  };
   return state.catalog;
 }
+
+const taskInfo = (name) => state.catalog.tasks.find((t) => t.name === name);
+const neuronInfo = (name) => state.catalog.neurons.find((n) => n.name === name);
 
 function schemaType(prop) {
   if (prop.enum) return { type: "enum", options: prop.enum, nullable: false };
@@ -244,8 +247,9 @@ function renderTraining(container, defaults) {
   container.replaceChildren(
     ...Object.entries(defaults).map(([name, value]) => {
       let prop;
-      const description = (state.catalog.training_schema?.properties?.[name] || {}).description;
-      if (TRAINING_ENUMS[name]) prop = { enum: TRAINING_ENUMS[name] };
+      const schema = state.catalog.training_schema?.properties?.[name] || {};
+      const description = schema.description;
+      if (schema.enum) prop = { enum: schema.enum };
       else if (typeof value === "boolean") prop = { type: "boolean" };
       else if (Number.isInteger(value)) prop = { type: "integer" };
       else if (typeof value === "number") prop = { type: "number" };
@@ -314,8 +318,8 @@ async function showNewJob() {
   const neuronSel = $("#f-neuron");
   if (!taskSel.options.length) {
     // The default task needs no download (MNIST may not be installed).
-    taskSel.append(...cat.tasks.map((t) => el("option", { value: t.name, selected: t.name === DEFAULT_TASK }, t.name)));
-    neuronSel.append(...cat.neurons.map((n) => el("option", { value: n.name, selected: n.name === "celif" }, n.name)));
+    taskSel.append(...cat.tasks.map((t) => el("option", { value: t.name, selected: t.name === cat.default_task }, t.name)));
+    neuronSel.append(...cat.neurons.map((n) => el("option", { value: n.name, selected: n.name === cat.default_neuron }, n.name)));
     taskSel.addEventListener("change", onTaskChange);
     neuronSel.addEventListener("change", onNeuronChange);
     onTaskChange();
@@ -325,10 +329,10 @@ async function showNewJob() {
 }
 
 function onTaskChange() {
-  const t = state.catalog.tasks.find((x) => x.name === $("#f-task").value);
+  const t = taskInfo($("#f-task").value);
   $("#task-description").textContent = t.description;
   renderParams($("#task-params"), "task.params", t.params_schema, t.defaults);
-  if (t.name === "dataset") {
+  if ("dataset_id" in (t.params_schema.properties || {})) {
     // Offer the user's uploaded datasets as suggestions for dataset_id.
     api("/datasets")
       .then((data) => {
@@ -342,7 +346,7 @@ function onTaskChange() {
 }
 
 function onNeuronChange() {
-  const n = state.catalog.neurons.find((x) => x.name === $("#f-neuron").value);
+  const n = neuronInfo($("#f-neuron").value);
   $("#neuron-description").textContent = n.description;
   const arch = $("#f-architecture");
   arch.replaceChildren(...n.architectures.map((a) => el("option", { value: a }, a)));
@@ -590,9 +594,11 @@ async function showJob(id) {
   $("#predict-result").hidden = true;
   $("#predict-error").textContent = "";
   $("#te-error").textContent = "";
-  const job = await api(`/jobs/${id}`);
+  const [job] = await Promise.all([api(`/jobs/${id}`), loadCatalog()]);
   v.spec = job.spec;
-  v.usesTe = job.spec.model.neuron === "celif" && (job.spec.model.neuron_params.ce_mode || "").split("_").includes("te");
+  v.task = taskInfo(job.spec.task.name);
+  v.neuron = neuronInfo(job.spec.model.neuron);
+  v.usesTe = v.neuron.te_modes.includes(job.spec.model.neuron_params.ce_mode);
   renderJobHeader(job);
   plotPlaceholder(job);
   $("#curve").dataset.points = "0";
@@ -621,32 +627,24 @@ async function showJob(id) {
 function setupPredict(job) {
   const v = state.jobView;
   const spec = job.spec;
-  const mnist = MNIST_TASKS.includes(spec.task.name);
-  const layers = spec.model.neuron === "lstm" ? [] : spec.model.hidden;
+  const mnist = !!v.task.image;
+  const layers = v.neuron.spiking ? spec.model.hidden : [];
   $("#predict-layer").replaceChildren(...layers.map((n, i) => el("option", { value: i }, `${i} (${n} neurons)`)));
   $("#predict-layer").disabled = !layers.length;
   $("#mnist-input").hidden = !mnist;
   $("#json-input").hidden = mnist;
   v.mnist = mnist;
   // A drawing is in raster order; PS-MNIST models expect permuted pixels, so only test digits.
-  $("#draw-canvas").parentElement.hidden = spec.task.name !== "seq_mnist";
+  $("#draw-canvas").parentElement.hidden = !mnist || v.task.image.pixel_order !== "raster";
   if (mnist) {
     v.drawn = new Float32Array(784);
     clearCanvas();
     loadMnistSamples().catch((err) => ($("#predict-error").textContent = errorText(err)));
   } else {
-    const f = inputSize(spec);
+    const f = v.task.input_size ?? spec.task.params.input_size ?? 1; // null: the dataset's F
     $("#expected-shape").textContent = f === 1 ? "[N, T] or [N, T, 1]" : `[N, T, F=${f}]`;
     $("#predict-json").value = "";
   }
-}
-
-function inputSize(spec) {
-  const t = spec.task;
-  if (t.name === "adding") return 2;
-  if (t.name === "copy_memory") return 10;
-  if (t.name === "dataset") return t.params.input_size || 1;
-  return 1;
 }
 
 async function loadMnistSamples() {
@@ -654,7 +652,7 @@ async function loadMnistSamples() {
   const data = await api(`/jobs/${v.id}/samples?split=test&n=10`);
   if (state.jobView !== v) return;
   v.samples = data;
-  const perm = v.spec.task.name === "ps_mnist";
+  const perm = v.task.image.pixel_order === "permuted";
   $("#samples").replaceChildren(
     ...data.inputs.map((seq, i) => {
       const c = el("canvas", { width: 28, height: 28, title: `test digit, label ${data.targets[i]}`, dataset: { index: i, label: data.targets[i] } });
