@@ -1,7 +1,8 @@
 """GET /api/v1/tasks and /api/v1/neurons: names, descriptions, parameter schemas, defaults,
 and the facts about each that a client (the dashboard) would otherwise have to hard-code.
 
-Every name served here comes from `celif_core.spec` (TASKS, NEURONS, CE_MODES and the training
+Every name served here comes from `celif_core.catalog` / `celif_core.spec` (TASKS, NEURONS, the
+ce modes and the training
 section's Literal fields, which its JSON schema lists as `enum`s); the dashboard reads them from
 these two routes and spells none of them itself.
 """
@@ -15,8 +16,8 @@ from typing import Any
 from fastapi import APIRouter
 from pydantic import ValidationError
 
+from celif_core.catalog import SPIKING_NEURONS, TE_CE_MODES
 from celif_core.spec import (
-    CE_MODES,
     MNIST_SEQ_LEN,
     NEURONS,
     TASKS,
@@ -70,9 +71,9 @@ def _neuron_facts(name: str) -> dict[str, Any]:
     fields = NEURONS[name].params.model_fields
     return {
         # spiking neurons have a firing threshold (their layers have spike rasters)
-        "spiking": "theta0" in fields,
+        "spiking": name in SPIKING_NEURONS,
         # the ce_modes whose contextual embedding reads the TE table (JobSpec.uses_te)
-        "te_modes": [m for m in CE_MODES if "te" in m.split("_")] if "ce_mode" in fields else [],
+        "te_modes": list(TE_CE_MODES) if "ce_mode" in fields else [],
     }
 
 

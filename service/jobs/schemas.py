@@ -8,7 +8,8 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from jobstore.db.models import Checkpoint, Job, JobEvent
+from jobstore.db.models import JOB_STATES, TERMINAL_STATES, Checkpoint, Job, JobEvent
+from jobstore.states import can_follow
 
 API_PREFIX = "/api/v1"
 
@@ -69,7 +70,9 @@ class JobLinks(BaseModel):
 class JobOut(BaseModel):
     id: str
     name: str | None
-    status: str = Field(description="queued | running | succeeded | failed | cancelled")
+    status: str = Field(description=" | ".join(JOB_STATES))
+    finished: bool = Field(description="the status is final (" + ", ".join(TERMINAL_STATES) + ")")
+    can_cancel: bool = Field(description="POST .../cancel would stop it (it has not finished)")
     task: str
     neuron: str
     spec: dict[str, Any] = Field(description="the validated spec with every default filled in")
@@ -97,6 +100,8 @@ class JobOut(BaseModel):
             id=job.id,
             name=job.name,
             status=job.status,
+            finished=job.status in TERMINAL_STATES,
+            can_cancel=can_follow(job.status, "cancelled"),
             task=job.task_name,
             neuron=job.neuron,
             spec=job.spec,

@@ -18,6 +18,7 @@ from pathlib import Path
 import httpx
 from PIL import Image
 
+from celif_cli.reproduce.api import file_sha256
 from tests.cli.test_serve import embedded_serve
 from tests.worker.conftest import REPO
 
@@ -136,6 +137,15 @@ def test_reproduce_end_to_end(tmp_path: Path):
         assert f"job `{second['id']}`" in (out / "reproduce.md").read_text()
         row = report_row((out / "reproduce.md").read_text(), RECIPE)
         assert "continued from" in row[7] and "--continue" in row[10]
+        # The saved best is the continued job's own best, or (when it has not beaten the run it
+        # continues, so the service's "best" would be its latest) still the first job's.
+        second_ckpts = httpx.get(
+            f"{base}/api/v1/jobs/{second['id']}/checkpoints", headers=h, timeout=30
+        ).json()
+        own_best = [c for c in second_ckpts if c["is_best"]]
+        expected_best = own_best[0] if own_best else next(c for c in ckpts if c["is_best"])
+        best_file = out / "checkpoints" / SLUG / "best.safetensors"
+        assert file_sha256(best_file) == expected_best["sha256"]
         # ... and asked again, nothing more
         r = reproduce(base, token, out, *more, "--continue")
         assert r.returncode == 0 and "submitting" not in r.stderr, r.stderr

@@ -84,6 +84,9 @@ def test_only_status_related_columns_may_change(client, db):
 
 def test_cancel_through_the_api_is_a_transition(client, db):
     job_id = submit(client)
-    assert client.post(f"/api/v1/jobs/{job_id}/cancel").json()["status"] == "cancelled"
+    before = client.get(f"/api/v1/jobs/{job_id}").json()
+    assert before["can_cancel"] is True and before["finished"] is False
+    after = client.post(f"/api/v1/jobs/{job_id}/cancel").json()
+    assert after["status"] == "cancelled" and after["finished"] and not after["can_cancel"]
     assert client.post(f"/api/v1/jobs/{job_id}/cancel").status_code == 409
     assert statuses(db, job_id) == ["queued", "cancelled"]

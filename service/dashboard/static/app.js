@@ -427,7 +427,7 @@ function renderJobHeader(job) {
   status.className = `status ${job.status}`;
   $("#job-progress-bar").style.width = `${Math.round(100 * job.progress.fraction)}%`;
   $("#job-progress-text").textContent = `step ${job.progress.step} / ${job.progress.max_steps}`;
-  $("#cancel-btn").hidden = !["queued", "running"].includes(job.status);
+  $("#cancel-btn").hidden = !job.can_cancel;
   $("#job-error").textContent = job.error || "";
   if (job.status === "failed" && !(v.points || []).length) plotPlaceholder(job);
   const kv = (obj, label) =>
