@@ -50,7 +50,7 @@ def validate_job_spec(session: Session, user: User, body: Any, settings: Setting
     where = find_nul(body)
     if where is not None:  # the spec is stored as JSON, which PostgreSQL refuses with a NUL
         raise Unprocessable(f"text in a job spec {NUL_MESSAGE}", loc=("body", *where))
-    if isinstance(body, dict) and "recipe" in body:
+    if isinstance(body, dict) and body.get("recipe") is not None:  # a stored spec has null
         from celif_core.recipes import apply_recipe
 
         body = apply_recipe(body)

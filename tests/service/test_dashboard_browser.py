@@ -11,6 +11,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 from selenium import webdriver
 from selenium.webdriver.common.action_chains import ActionChains
@@ -250,9 +251,11 @@ def test_dashboard_end_to_end(browser, tmp_path, trained):
         assert len(expected["t"]) > 0  # a trained layer fires: an empty raster would be a bug
         raster = d.find_element(By.ID, "raster")
         assert int(raster.get_attribute("data-spikes")) == len(expected["t"])
-        drawn = d.execute_script("const t = arguments[0].data[0]; return [t.x, t.y];", raster)
-        assert drawn == [expected["t"], expected["neuron"]]
+        z = d.execute_script("return arguments[0].data[0].z;", raster)  # [neuron][t] 0/1
+        drawn = sorted((t, n) for n, row in enumerate(z) for t, v in enumerate(row) if v)
+        assert drawn == sorted(zip(expected["t"], expected["neuron"], strict=True))
         assert f"layer 1 ({len(expected['t'])} spikes)" in raster.text
+        assert "WebGL" not in raster.text  # drawn as an image, no WebGL needed
         # The CE-LIF job shows its TE cosine-similarity heatmap.
         _wait(
             d,
@@ -320,6 +323,24 @@ def test_dashboard_end_to_end(browser, tmp_path, trained):
         assert not d.find_element(By.ID, "cancel-btn").is_displayed()  # a finished job
         time.sleep(0.5)
         _screenshot(d, "dashboard-mnist.png")
+        assert d.find_element(By.ID, "job-lineage").text == ""
+
+        # A run continued from that job's checkpoint links back to it (its curve starts there).
+        auth = {"Authorization": f"Bearer {srv.token}"}
+        source = httpx.get(f"{srv.url}/api/v1/jobs/{mnist_job}", headers=auth).json()
+        longer = {**source["spec"]["training"], "max_steps": source["spec"]["training"]["max_steps"] + 1}  # fmt: skip
+        body = {**source["spec"], "training": longer, "init_from": {"job": mnist_job}}
+        r = httpx.post(f"{srv.url}/api/v1/jobs", json=body, headers=auth, timeout=60)
+        assert r.status_code == 201, r.text
+        continued = r.json()["id"]
+        httpx.post(f"{srv.url}/api/v1/jobs/{continued}/cancel", headers=auth, timeout=60)
+        d.get(f"{srv.url}/#/jobs/{continued}")
+        lineage = _wait(
+            d, lambda d: d.find_element(By.ID, "job-lineage").text, 30, "the continued run's source"
+        )
+        assert lineage == f"continues job {mnist_job} from its latest checkpoint"
+        link = d.find_element(By.CSS_SELECTOR, "#job-lineage a")
+        assert link.get_attribute("href").endswith(f"#/jobs/{mnist_job}")
 
         # A job that failed before any metric: its plot says so (not "waiting for metrics").
         db_url = f"sqlite:///{(data / 'celif.db').resolve()}"
@@ -352,7 +373,12 @@ def test_dashboard_end_to_end(browser, tmp_path, trained):
         rows = _wait(
             d, lambda d: d.find_elements(By.CSS_SELECTOR, "#jobs-table tbody tr"), 30, "job rows"
         )
-        assert {r.get_attribute("data-job-id") for r in rows} == {job_id, mnist_job, failed_job}
+        assert {r.get_attribute("data-job-id") for r in rows} == {
+            job_id,
+            mnist_job,
+            continued,
+            failed_job,
+        }
         # Refused requests (the wrong token, the 422s above) are logged by Chrome; errors are not.
         severe = [
             e

@@ -338,3 +338,16 @@ def test_every_mistake_is_reported_at_once(client, db):
     ]
     assert "did you mean 'hidden'?" in detail[0]["msg"]
     assert job_count(db) == 0
+
+
+def test_a_stored_spec_can_be_submitted_again(client, db):
+    """GET a job, POST its `spec` back (a rerun, or the start of a continued run): the stored
+    spec, defaults and `"recipe": null` included, is a valid submission of the same job."""
+    first = client.post("/api/v1/jobs", json=small_spec()).json()
+    again = client.post("/api/v1/jobs", json=first["spec"])
+    assert again.status_code == 201, again.text
+    assert again.json()["spec"] == first["spec"] and again.json()["id"] != first["id"]
+    by_recipe = client.post("/api/v1/jobs", json={"recipe": "demo/adding-tiny"}).json()
+    again = client.post("/api/v1/jobs", json=by_recipe["spec"])
+    assert again.status_code == 201, again.text
+    assert again.json()["spec"] == by_recipe["spec"]

@@ -428,6 +428,18 @@ function renderJobHeader(job) {
   $("#job-progress-bar").style.width = `${Math.round(100 * job.progress.fraction)}%`;
   $("#job-progress-text").textContent = `step ${job.progress.step} / ${job.progress.max_steps}`;
   $("#cancel-btn").hidden = !job.can_cancel;
+  // A run continued from a checkpoint: its curve starts where the source stopped.
+  const source = (job.spec || {}).init_from;
+  const lineage = $("#job-lineage");
+  if (source && source.job) {
+    lineage.replaceChildren(
+      "continues ", el("a", { href: `#/jobs/${source.job}` }, `job ${source.job}`),
+      ` from its ${source.checkpoint} checkpoint`);
+  } else if (source && source.upload) {
+    lineage.textContent = `continues uploaded checkpoint ${source.upload}`;
+  } else {
+    lineage.textContent = "";
+  }
   $("#job-error").textContent = job.error || "";
   if (job.status === "failed" && !(v.points || []).length) plotPlaceholder(job);
   const kv = (obj, label) =>
@@ -811,7 +823,11 @@ function showPrediction(res, label) {
   if (res.spikes && res.spikes.rasters.length) {
     const r = res.spikes.rasters[0];
     raster.hidden = false;
-    Plotly.react(raster, [{ type: "scattergl", mode: "markers", x: r.t, y: r.neuron, marker: { size: 2, color: "#1d2330" } }], { margin: { t: 28, r: 16, b: 40, l: 56 }, title: { text: `spike raster, layer ${res.spikes.layer} (${r.t.length} spikes)`, font: { size: 13 } }, xaxis: { title: { text: "timestep" }, range: [0, r.steps] }, yaxis: { title: { text: "neuron" }, range: [-0.5, r.neurons - 0.5] } }, { displaylogo: false });
+    // A 0/1 image (neurons x timesteps): tens of thousands of spikes stay one canvas image.
+    // (Not scattergl: its WebGL library compiles code with eval, which the page's CSP forbids.)
+    const z = Array.from({ length: r.neurons }, () => new Array(r.steps).fill(0));
+    r.t.forEach((t, i) => { z[r.neuron[i]][t] = 1; });
+    Plotly.react(raster, [{ type: "heatmap", z, colorscale: [[0, "#ffffff"], [1, "#1d2330"]], showscale: false, hovertemplate: "t %{x}, neuron %{y}<extra></extra>" }], { margin: { t: 28, r: 16, b: 40, l: 56 }, title: { text: `spike raster, layer ${res.spikes.layer} (${r.t.length} spikes)`, font: { size: 13 } }, xaxis: { title: { text: "timestep" } }, yaxis: { title: { text: "neuron" } } }, { displaylogo: false });
     raster.dataset.spikes = String(r.t.length);
   } else {
     raster.hidden = true;
