@@ -7,8 +7,6 @@ They build statements and flush; the caller commits.
 
 from __future__ import annotations
 
-from typing import Any
-
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -38,42 +36,19 @@ def get_checkpoint(session: Session, job_id: str, ref: str) -> Checkpoint | None
     return session.scalars(stmt.limit(1)).first()
 
 
-def register_checkpoint(
-    session: Session,
-    job_id: str,
-    *,
-    step: int,
-    path: str,
-    size: int,
-    sha256: str,
-    metrics: dict[str, Any],
-    is_best: bool,
-) -> Checkpoint:
-    """Add the row of a checkpoint just written (and its "checkpoint" event). A row of the same
+def register_checkpoint(session: Session, row: Checkpoint) -> Checkpoint:
+    """Add the row of a checkpoint just written, and its "checkpoint" event. A row of the same
     step (re-written after a resume) is replaced; a best one takes the flag from the others."""
-    for row in session.scalars(select(Checkpoint).where(Checkpoint.job_id == job_id)):
-        if row.step == step:
-            session.delete(row)
-        elif is_best and row.is_best:
-            row.is_best = False
+    for other in session.scalars(select(Checkpoint).where(Checkpoint.job_id == row.job_id)):
+        if other.step == row.step:
+            session.delete(other)
+        elif row.is_best and other.is_best:
+            other.is_best = False
     session.flush()  # the delete before the insert: (job_id, step) is unique
-    row = Checkpoint(
-        job_id=job_id,
-        step=step,
-        path=path,
-        size=size,
-        sha256=sha256,
-        metrics=metrics,
-        is_best=is_best,
-    )
     session.add(row)
     session.flush()
-    append_event(
-        session,
-        job_id,
-        "checkpoint",
-        {"id": row.id, "step": step, "metrics": metrics, "is_best": is_best},
-    )
+    data = {"id": row.id, "step": row.step, "metrics": row.metrics, "is_best": row.is_best}
+    append_event(session, row.job_id, "checkpoint", data)
     return row
 
 

@@ -94,7 +94,7 @@ def infra_history(session: Session, job_id: str) -> InfraHistory:
 
 
 def settle_error(
-    exc: Exception, *, settings: Settings, job_id: str, worker_id: str, stop: StopSignal
+    exc: Exception, settings: Settings, job_id: str, worker_id: str, stop: StopSignal
 ) -> str:
     """Fail or re-queue the job after `exc` and commit; returns the outcome ("failed",
     "requeued", "cancelled", "lease_lost"). Raises when the database cannot record it."""

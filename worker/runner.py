@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from jobstore.checkpoints import apply_retention, register_checkpoint
-from jobstore.db.models import Job
+from jobstore.db.models import Checkpoint, Job
 from jobstore.files import job_checkpoint_dir
 from jobstore.settings import Settings
 from worker import lease
@@ -75,13 +75,7 @@ class JobRunner:
             if self.stop.reason == "lease_lost":
                 return "lease_lost"
             self._flush_quietly()
-            return settle_error(
-                exc,
-                settings=self.settings,
-                job_id=self.job_id,
-                worker_id=self.worker_id,
-                stop=self.stop,
-            )
+            return settle_error(exc, self.settings, self.job_id, self.worker_id, self.stop)
         finally:
             beat.close()
 
@@ -196,9 +190,8 @@ class JobRunner:
         doomed: list[str] = []
 
         def record(session) -> None:
-            register_checkpoint(
-                session,
-                self.job_id,
+            row = Checkpoint(
+                job_id=self.job_id,
                 step=step,
                 path=rel,
                 size=int(info.size),
@@ -206,6 +199,7 @@ class JobRunner:
                 metrics=metrics,
                 is_best=is_best,
             )
+            register_checkpoint(session, row)
             doomed.extend(
                 apply_retention(
                     session,
