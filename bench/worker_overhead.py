@@ -49,7 +49,7 @@ def main() -> None:
     from jobstore.db.session import session_scope
     from jobstore.settings import Settings
     from service.auth.service import get_or_create_user
-    from worker.tasks import JobRunner
+    from worker.runner import JobRunner
 
     torch.set_num_threads(1)
     tmp = Path(tempfile.mkdtemp(prefix="celif-overhead-"))

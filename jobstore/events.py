@@ -7,7 +7,7 @@ with a larger id of the same job. Every writer therefore locks the job's row fir
 are serialised until commit, and their ids commit in order. Each transaction locks one job
 only, so this cannot deadlock.
 
-These functions add rows and flush; the caller commits (one transaction per batch).
+These functions add (or delete) rows and flush; the caller commits (one transaction per batch).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import insert, select
+from sqlalchemy import delete, insert, select
 from sqlalchemy.orm import Session
 
 from jobstore.db.models import JOB_STATES, Job, JobEvent, utcnow
@@ -78,3 +78,22 @@ def append_metric_points(session: Session, job_id: str, points: Iterable[Mapping
     lock_job_events(session, job_id)
     session.execute(insert(JobEvent), rows)
     return len(rows)
+
+
+def delete_metric_events(session: Session, job_id: str, *, after_step: int | None) -> None:
+    """Delete the job's metric points past `after_step` (all of them with None): the steps a
+    resumed job runs again, so the stored series has no duplicates. Caller commits."""
+    stmt = delete(JobEvent).where(JobEvent.job_id == job_id, JobEvent.kind == "metric")
+    if after_step is not None:
+        stmt = stmt.where(JobEvent.step > after_step)
+    session.execute(stmt)
+
+
+def status_events(session: Session, job_id: str) -> list[tuple[dict[str, Any], datetime]]:
+    """The job's status events as (data, time), oldest first (time timezone-aware)."""
+    rows = session.execute(
+        select(JobEvent.data, JobEvent.time)
+        .where(JobEvent.job_id == job_id, JobEvent.kind == "status")
+        .order_by(JobEvent.id)
+    ).all()
+    return [(data or {}, _as_datetime(time)) for data, time in rows]

@@ -8,7 +8,7 @@ from datetime import datetime
 from sqlalchemy import and_, func, or_, select
 from sqlalchemy.orm import Session
 
-from jobstore.db.models import Checkpoint, Job, JobEvent
+from jobstore.db.models import Job, JobEvent
 
 
 def get_job(session: Session, job_id: str, *, for_update: bool = False) -> Job | None:
@@ -74,23 +74,3 @@ def list_events(
     if kinds:
         stmt = stmt.where(JobEvent.kind.in_(kinds))
     return list(session.scalars(stmt.order_by(JobEvent.id).limit(limit)))
-
-
-def list_checkpoints(session: Session, job_id: str) -> list[Checkpoint]:
-    return list(
-        session.scalars(
-            select(Checkpoint).where(Checkpoint.job_id == job_id).order_by(Checkpoint.step)
-        )
-    )
-
-
-def get_checkpoint(session: Session, job_id: str, ref: str) -> Checkpoint | None:
-    """`ref` = "latest" (highest step), "best" (the newest flagged best) or a checkpoint id."""
-    stmt = select(Checkpoint).where(Checkpoint.job_id == job_id)
-    if ref == "latest":
-        stmt = stmt.order_by(Checkpoint.step.desc())
-    elif ref == "best":
-        stmt = stmt.where(Checkpoint.is_best.is_(True)).order_by(Checkpoint.step.desc())
-    else:
-        stmt = stmt.where(Checkpoint.id == ref)
-    return session.scalars(stmt.limit(1)).first()

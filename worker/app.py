@@ -95,7 +95,8 @@ SHUTDOWN_SIGNAL = signal.SIGUSR2  # SIGUSR1 is billiard's soft time limit
 def _hand_back_running_jobs(how: str | None = None, **_kwargs) -> None:
     """Warm shutdown (SIGTERM, `docker compose stop`): instead of training to the end (hours)
     or being killed mid-step, the job in the pool child writes a checkpoint at its current step
-    and goes back to the queue, where the next worker resumes it (worker/tasks.py)."""
+    and goes back to the queue, where the next worker resumes it (worker/runner.py,
+    worker/claim.py)."""
     if how != "Warm":
         return
     from celery.worker import state

@@ -18,6 +18,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from celif_core.spec import JobSpec, estimate, validate_spec
+from jobstore import checkpoints as checkpoint_repo
 from jobstore import jobs as repo
 from jobstore import states
 from jobstore.datasets import owned_dataset_facts
@@ -228,7 +229,7 @@ def list_metrics(
 # ----------------------------------------------------------------------------- checkpoints
 def list_checkpoints(session: Session, user: User, job_id: str) -> list[Checkpoint]:
     job = get_owned_job(session, user, job_id)
-    return repo.list_checkpoints(session, job.id)
+    return checkpoint_repo.list_checkpoints(session, job.id)
 
 
 def resolve_checkpoint(
@@ -243,9 +244,9 @@ def resolve_checkpoint(
         from jobstore.settings import get_settings
 
         storage_dir = get_settings().storage_dir
-    ckpt = None if "\x00" in ref else repo.get_checkpoint(session, job.id, ref)
+    ckpt = None if "\x00" in ref else checkpoint_repo.get_checkpoint(session, job.id, ref)
     if ckpt is None and ref == "best":
-        ckpt = repo.get_checkpoint(session, job.id, "latest")
+        ckpt = checkpoint_repo.get_checkpoint(session, job.id, "latest")
     if ckpt is None:
         raise NotFound(f"job {job.id} has no checkpoint {ref!r}")
     root = Path(storage_dir).resolve()

@@ -111,7 +111,7 @@ def test_samples_and_predict_of_a_job_on_another_users_dataset_are_404(pclient, 
 
 def test_worker_refuses_a_job_on_another_users_dataset(pclient, db, psettings):
     """The worker's claim checks the owner too: the job fails with the missing-dataset reason."""
-    from worker.tasks import JobRunner
+    from worker.runner import JobRunner
 
     ds = _upload(pclient)
     with session_scope(db) as session:

@@ -146,7 +146,7 @@ def test_infrastructure_error_is_retried_then_fails(db, make_job, tmp_path, monk
     events; once the first error is older than `infra_retry_budget_s` the job fails with the
     reason and the counts. Retries give their claim back: `attempts` counts worker losses."""
     import jobstore.queue
-    from worker.tasks import JobRunner
+    from worker.runner import JobRunner
 
     from .conftest import adding_spec
 
