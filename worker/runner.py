@@ -21,7 +21,7 @@ from typing import Any
 
 from jobstore.checkpoints import apply_retention, register_checkpoint
 from jobstore.db.models import Checkpoint, Job
-from jobstore.files import job_checkpoint_dir
+from jobstore.files import job_checkpoint_dir, relative_to_storage
 from jobstore.settings import Settings
 from worker import lease
 from worker.claim import Claim, claim_job
@@ -183,7 +183,7 @@ class JobRunner:
         apply retention: keep the newest `checkpoint_keep_last` plus the best one."""
         s = self.settings
         storage = Path(s.storage_dir).resolve()
-        rel = Path(info.path).resolve().relative_to(storage).as_posix()
+        rel = relative_to_storage(s, Path(info.path))
         metrics = _jsonable(getattr(info, "metrics", None))
         is_best = bool(getattr(info, "is_best", False))
         step = int(info.step)
