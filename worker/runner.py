@@ -110,6 +110,7 @@ class JobRunner:
             data_dirs=DataDirs(mnist=self.settings.mnist_dir, datasets=self.settings.datasets_dir),
         )
         trainer.setup(resume_from=claim.resume_from)
+        progress: dict[str, Any] = {}
         if claim.resume_from is None and spec.init_from is not None:
             # No checkpoint of its own yet: start from the source's copy the API installed.
             # (A re-run after a kill finds its own checkpoints above and never re-inits.)
@@ -120,10 +121,15 @@ class JobRunner:
                 raise TrainingError(f"the init_from checkpoint copy {INIT_FILE} is missing")
             continued = trainer.init_from(checkpoint_dir / INIT_FILE)
             log.info("job %s: init_from %s", self.job_id, "continued" if continued else "weights")
+            if continued and trainer.best is not None:
+                # The run's best so far is the source's until this job beats it (its trainer
+                # carries the value): the job shows it, not an empty best.
+                best = trainer.best
+                progress["best_metrics"] = {f"val_{best['metric']}": best["value"], "step": best["step"]}  # fmt: skip
         self._trainer = trainer
         with self.reporter.transaction() as session:
-            device = _describe(getattr(trainer, "device", None))
-            if not lease.heartbeat(session, self.job_id, self.worker_id, device=device):
+            progress["device"] = _describe(getattr(trainer, "device", None))
+            if not lease.heartbeat(session, self.job_id, self.worker_id, **progress):
                 raise LeaseLost()
         result = trainer.train()
         if not self.reporter.flush():

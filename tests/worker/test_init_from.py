@@ -57,6 +57,9 @@ def test_same_training_section_continues_the_run_exactly(client: Client, worker,
     assert [s for s, _ in losses] == list(range(41, 61))  # went on from the source's step 40
     assert losses == _series(client.metrics(straight["id"]), "train", "loss")[40:]
     assert done["latest_metrics"]["test_mse"] == ref["latest_metrics"]["test_mse"]
+    # The run's best: the straight run's, whether the continued job beat the source's or not.
+    assert done["best_metrics"]["step"] == ref["best_metrics"]["step"]
+    assert done["best_metrics"]["val_mse"] == ref["best_metrics"]["val_mse"]
 
 
 def test_changed_training_section_starts_from_the_weights(client: Client, worker, source):
