@@ -412,6 +412,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_recipes)
 
     _add_reproduce(sub)
+    _add_study(sub)
     sub.add_parser("train", help="train a spec locally without a server (celif train --help)")
     return parser
 
@@ -441,17 +442,7 @@ def _add_reproduce(sub) -> None:
         epilog=REPRODUCE_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument(
-        "--url",
-        type=_http_url,
-        default=os.environ.get("CELIF_URL", "http://127.0.0.1:8000"),
-        help="the service (default: $CELIF_URL or http://127.0.0.1:8000)",
-    )
-    p.add_argument(
-        "--token",
-        default=os.environ.get("CELIF_TOKEN"),
-        help="API token (default: $CELIF_TOKEN; `celif token create --name NAME` makes one)",
-    )
+    _add_service_args(p)
     p.add_argument(
         "--recipes",
         nargs="+",
@@ -511,6 +502,45 @@ def _add_reproduce(sub) -> None:
         help="stop following after S seconds (the jobs keep running; exit status 3)",
     )
     p.set_defaults(func=cmd_reproduce)
+
+
+def _add_service_args(p: argparse.ArgumentParser) -> None:
+    """--url and --token of a command that talks to a running service."""
+    p.add_argument(
+        "--url",
+        type=_http_url,
+        default=os.environ.get("CELIF_URL", "http://127.0.0.1:8000"),
+        help="the service (default: $CELIF_URL or http://127.0.0.1:8000)",
+    )
+    p.add_argument(
+        "--token",
+        default=os.environ.get("CELIF_TOKEN"),
+        help="API token (default: $CELIF_TOKEN; `celif token create --name NAME` makes one)",
+    )
+
+
+def _add_study(sub) -> None:
+    from celif_cli import study
+
+    p = sub.add_parser("study", help="studies (sweeps) on a running service")
+    ssub = p.add_subparsers(dest="study_command", required=True, metavar="ACTION")
+    s = ssub.add_parser("submit", help="submit a study from a JSON file; prints its id")
+    s.add_argument("file", help="the study: {base, search, objective, max_concurrent, ...}")
+    s.add_argument("--follow", action="store_true", help="then show progress until it ends")
+    s.add_argument("--poll", type=_positive_float, default=2.0, metavar="S")
+    _add_service_args(s)
+    s.set_defaults(func=study.cmd_submit)
+    s = ssub.add_parser("status", help="a study's status, progress and best trial")
+    s.add_argument("id")
+    s.add_argument("--follow", action="store_true", help="progress bar until it ends")
+    s.add_argument("--poll", type=_positive_float, default=2.0, metavar="S")
+    _add_service_args(s)
+    s.set_defaults(func=study.cmd_status)
+    s = ssub.add_parser("table", help="the trials side by side (a text table, or --csv)")
+    s.add_argument("id")
+    s.add_argument("--csv", action="store_true", help="print the CSV the service renders")
+    _add_service_args(s)
+    s.set_defaults(func=study.cmd_table)
 
 
 def _http_url(value: str) -> str:
