@@ -248,3 +248,22 @@ def test_waiting_trial_transitions(db, client):
     with session_scope(db) as s:
         assert transition(s, waiting, "running") is None  # a waiting trial is never claimed
         assert lease.claim(s, waiting, "w1", 30) is None
+
+
+def test_the_documented_ablation_study_is_six_valid_trials(client, db):
+    """docs/studies.md's ablation.json, as written there."""
+    import json
+    import re
+    from pathlib import Path
+
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "studies.md").read_text()
+    body = json.loads(re.search(r"```json\n(.*?)```", doc, re.S).group(1))
+    r = client.post(S, json=body)
+    assert r.status_code == 201, r.text
+    study = r.json()
+    modes = [t["overrides"]["model.neuron_params.ce_mode"] for t in study["trials"]]
+    assert modes == ["none", "spike", "membrane", "te", "spike_te", "membrane_te"]
+    assert [t["status"] for t in study["trials"]] == ["queued"] * 2 + ["waiting"] * 4
+    job = client.get(study["trials"][0]["link"]).json()
+    assert job["spec"]["model"]["hidden"] == [64, 152, 152]
+    assert job["spec"]["model"]["neuron_params"]["ce_mode"] == "none"
