@@ -223,11 +223,20 @@ def _row(job: Job, metric: str, best: tuple[float, int] | None) -> dict[str, Any
         "best": finite(best[0]) if best else None,
         "best_step": best[1] if best else None,
         "latest_metrics": {k: finite(v) if isinstance(v, float) else v for k, v in latest.items()},
-        "mean_firing_rate": tel.get("mean_firing_rate"),
+        "mean_firing_rate": _mean_rate(job, tel.get("firing_rates")),
         "firing_rates": tel.get("firing_rates"),
         "energy_nj": tel.get("energy_nj"),
         "energy_nj_per_step": tel.get("energy_nj_per_step"),
     }
+
+
+def _mean_rate(job: Job, rates: list[float] | None) -> float | None:
+    """Spikes per neuron per step over all hidden layers (layers weighted by their width)."""
+    if not rates:
+        return None
+    hidden = ((job.spec or {}).get("model") or {}).get("hidden") or []
+    widths = hidden if len(hidden) == len(rates) else [1] * len(rates)
+    return sum(r * n for r, n in zip(rates, widths, strict=True)) / sum(widths)
 
 
 def comparison_csv(session: Session, user: User, study_id: str) -> str:

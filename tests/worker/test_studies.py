@@ -79,6 +79,7 @@ def test_grid_study_runs_to_the_end_two_at_a_time(
     for row in table["rows"]:
         assert row["step"] == 40 and row["best"] is not None and row["wall_time_s"] > 0
         assert row["energy_nj"] is not None and row["firing_rates"]
+        assert 0 <= row["mean_firing_rate"] <= 1
 
 
 def test_asha_stops_the_worst_trials(
