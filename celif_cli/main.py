@@ -520,27 +520,30 @@ def _add_service_args(p: argparse.ArgumentParser) -> None:
 
 
 def _add_study(sub) -> None:
-    from celif_cli import study
+    service = argparse.ArgumentParser(add_help=False)
+    _add_service_args(service)
+    follow = argparse.ArgumentParser(add_help=False, parents=[service])
+    follow.add_argument("--follow", action="store_true", help="a progress bar until it ends")
+    follow.add_argument("--poll", type=_positive_float, default=2.0, metavar="S")
 
     p = sub.add_parser("study", help="studies (sweeps) on a running service")
     ssub = p.add_subparsers(dest="study_command", required=True, metavar="ACTION")
-    s = ssub.add_parser("submit", help="submit a study from a JSON file; prints its id")
+    s = ssub.add_parser("submit", parents=[follow], help="submit a study (JSON file); prints its id")  # fmt: skip
     s.add_argument("file", help="the study: {base, search, objective, max_concurrent, ...}")
-    s.add_argument("--follow", action="store_true", help="then show progress until it ends")
-    s.add_argument("--poll", type=_positive_float, default=2.0, metavar="S")
-    _add_service_args(s)
-    s.set_defaults(func=study.cmd_submit)
-    s = ssub.add_parser("status", help="a study's status, progress and best trial")
+    s = ssub.add_parser("status", parents=[follow], help="status, progress and best trial")
     s.add_argument("id")
-    s.add_argument("--follow", action="store_true", help="progress bar until it ends")
-    s.add_argument("--poll", type=_positive_float, default=2.0, metavar="S")
-    _add_service_args(s)
-    s.set_defaults(func=study.cmd_status)
-    s = ssub.add_parser("table", help="the trials side by side (a text table, or --csv)")
+    s = ssub.add_parser("table", parents=[service], help="the trials side by side (or --csv)")
     s.add_argument("id")
     s.add_argument("--csv", action="store_true", help="print the CSV the service renders")
-    _add_service_args(s)
-    s.set_defaults(func=study.cmd_table)
+    p.set_defaults(func=cmd_study)
+
+
+def cmd_study(args) -> int:
+    from celif_cli import study
+
+    return {"submit": study.cmd_submit, "status": study.cmd_status, "table": study.cmd_table}[
+        args.study_command
+    ](args)
 
 
 def _http_url(value: str) -> str:

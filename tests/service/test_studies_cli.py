@@ -61,3 +61,18 @@ def _trial(server, token: str, study_id: str) -> str:
         f"{server.url}/api/v1/studies/{study_id}", headers={"Authorization": f"Bearer {token}"}
     )
     return r.json()["trials"][0]["job_id"]
+
+
+def test_follow_ends_with_the_study(server, tokens, db, tmp_path):
+    path = tmp_path / "study.json"
+    path.write_text(json.dumps(grid_study()))
+    study_id = celif(server, tokens.alice, "submit", str(path)).stdout.strip()
+    import httpx
+
+    auth = {"Authorization": f"Bearer {tokens.alice}"}
+    r = httpx.post(f"{server.url}/api/v1/studies/{study_id}/cancel", headers=auth)
+    assert r.status_code == 200, r.text
+    r = celif(server, tokens.alice, "status", study_id, "--follow", "--poll", "0.1")
+    assert r.returncode == 1  # it ended, but not as completed
+    assert "status: cancelled  trials: 4/4 finished (4 cancelled)" in r.stdout
+    assert f"{study_id}: cancelled 4/4" in r.stderr  # plain progress lines off a terminal
