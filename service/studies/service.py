@@ -57,10 +57,16 @@ def plan_trials(
 ) -> list[TrialPlan]:
     """Every trial of `search` over `base`, each spec validated; the first error is a 422 whose
     `loc` names the trial and the field (`["body", "trials", 3, "training", "lr"]`)."""
+    cap = settings.max_study_trials
     try:
-        trials = expand_search(search, max_trials=settings.max_study_trials - start)
+        trials = expand_search(search, max_trials=cap)
     except SpecError as exc:
         raise spec_error_to_unprocessable(exc) from exc
+    if start + len(trials) > cap:
+        raise Unprocessable(
+            f"the study has {start} trials; {len(trials)} more would pass the limit of {cap}",
+            loc=("body", "search"),
+        )
     plans = []
     for i, overrides in enumerate(trials, start=start):
         try:

@@ -267,3 +267,16 @@ def test_the_documented_ablation_study_is_six_valid_trials(client, db):
     job = client.get(study["trials"][0]["link"]).json()
     assert job["spec"]["model"]["hidden"] == [64, 152, 152]
     assert job["spec"]["model"]["neuron_params"]["ce_mode"] == "none"
+
+
+def test_extend_past_the_trial_cap_is_a_422(client, db):
+    seeds = {"type": "grid", "params": {"training.seed": list(range(250))}}
+    study = client.post(S, json=grid_study(search=seeds)).json()
+    assert study["progress"]["trials"] == 250
+    more = {"search": {"type": "grid", "params": {"training.seed": list(range(250, 260))}}}
+    r = client.post(f"{S}/{study['id']}/extend", json=more)
+    assert r.status_code == 422
+    assert r.json()["detail"][0]["msg"] == (
+        "the study has 250 trials; 10 more would pass the limit of 256"
+    )
+    assert counts(db) == (1, 250)
