@@ -264,7 +264,7 @@ def _submit_demo(base_url: str, settings, deadline_s: float = 120.0) -> None:
     job = r.json()
     end = time.monotonic() + 600
     said_why, last_said = False, -1
-    while job["status"] not in ("succeeded", "failed", "cancelled") and time.monotonic() < end:
+    while not job["finished"] and time.monotonic() < end:
         time.sleep(1.0)
         job = httpx.get(
             f"{base_url}/api/v1/jobs/{job_id}",
