@@ -280,3 +280,23 @@ def test_extend_past_the_trial_cap_is_a_422(client, db):
         "the study has 250 trials; 10 more would pass the limit of 256"
     )
     assert counts(db) == (1, 250)
+
+
+def test_epoch_rungs_are_converted_with_each_trials_batch_size(client, db):
+    from celif_core.recipes import RECIPES
+    from celif_core.spec import validate_spec
+
+    base = {"recipe": "paper/ablation-membrane_te"}
+    search = {"type": "list", "trials": [{"training.batch_size": 256}, {"training.batch_size": 128}]}  # fmt: skip
+    es = {"rungs": [1, 2.5], "unit": "epochs"}
+    study = client.post(S, json={"base": base, "search": search, "early_stopping": es}).json()
+    assert study["early_stopping"]["rungs"] == [1, 2.5]
+    n = validate_spec(RECIPES["paper/ablation-membrane_te"].spec).train_size
+    with session_scope(db) as s:
+        jobs = [s.get(Job, t["job_id"]) for t in study["trials"]]
+        steps = [study_repo.rung_steps(study["early_stopping"], j) for j in jobs]
+    assert steps == [[-(-n // 256), -(-(5 * n) // 512)], [-(-n // 128), -(-(5 * n) // 256)]]
+    r = client.post(S, json={"base": base, "search": search, "early_stopping": {"rungs": [1.5]}})
+    assert r.status_code == 422  # steps are whole numbers
+    r = client.post(S, json={"base": base, "search": search, "early_stopping": {"rungs": [2, 1]}})
+    assert r.status_code == 422 and "increasing" in r.text
