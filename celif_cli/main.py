@@ -264,7 +264,7 @@ def _submit_demo(base_url: str, settings, deadline_s: float = 120.0) -> None:
     job = r.json()
     end = time.monotonic() + 600
     said_why, last_said = False, -1
-    while job["status"] not in ("succeeded", "failed", "cancelled") and time.monotonic() < end:
+    while not job["finished"] and time.monotonic() < end:
         time.sleep(1.0)
         job = httpx.get(
             f"{base_url}/api/v1/jobs/{job_id}",
@@ -412,6 +412,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_recipes)
 
     _add_reproduce(sub)
+    _add_study(sub)
     sub.add_parser("train", help="train a spec locally without a server (celif train --help)")
     return parser
 
@@ -441,17 +442,7 @@ def _add_reproduce(sub) -> None:
         epilog=REPRODUCE_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument(
-        "--url",
-        type=_http_url,
-        default=os.environ.get("CELIF_URL", "http://127.0.0.1:8000"),
-        help="the service (default: $CELIF_URL or http://127.0.0.1:8000)",
-    )
-    p.add_argument(
-        "--token",
-        default=os.environ.get("CELIF_TOKEN"),
-        help="API token (default: $CELIF_TOKEN; `celif token create --name NAME` makes one)",
-    )
+    _add_service_args(p)
     p.add_argument(
         "--recipes",
         nargs="+",
@@ -511,6 +502,48 @@ def _add_reproduce(sub) -> None:
         help="stop following after S seconds (the jobs keep running; exit status 3)",
     )
     p.set_defaults(func=cmd_reproduce)
+
+
+def _add_service_args(p: argparse.ArgumentParser) -> None:
+    """--url and --token of a command that talks to a running service."""
+    p.add_argument(
+        "--url",
+        type=_http_url,
+        default=os.environ.get("CELIF_URL", "http://127.0.0.1:8000"),
+        help="the service (default: $CELIF_URL or http://127.0.0.1:8000)",
+    )
+    p.add_argument(
+        "--token",
+        default=os.environ.get("CELIF_TOKEN"),
+        help="API token (default: $CELIF_TOKEN; `celif token create --name NAME` makes one)",
+    )
+
+
+def _add_study(sub) -> None:
+    service = argparse.ArgumentParser(add_help=False)
+    _add_service_args(service)
+    follow = argparse.ArgumentParser(add_help=False, parents=[service])
+    follow.add_argument("--follow", action="store_true", help="a progress bar until it ends")
+    follow.add_argument("--poll", type=_positive_float, default=2.0, metavar="S")
+
+    p = sub.add_parser("study", help="studies (sweeps) on a running service")
+    ssub = p.add_subparsers(dest="study_command", required=True, metavar="ACTION")
+    s = ssub.add_parser("submit", parents=[follow], help="submit a study (JSON file); prints its id")  # fmt: skip
+    s.add_argument("file", help="the study: {base, search, objective, max_concurrent, ...}")
+    s = ssub.add_parser("status", parents=[follow], help="status, progress and best trial")
+    s.add_argument("id")
+    s = ssub.add_parser("table", parents=[service], help="the trials side by side (or --csv)")
+    s.add_argument("id")
+    s.add_argument("--csv", action="store_true", help="print the CSV the service renders")
+    p.set_defaults(func=cmd_study)
+
+
+def cmd_study(args) -> int:
+    from celif_cli import study
+
+    return {"submit": study.cmd_submit, "status": study.cmd_status, "table": study.cmd_table}[
+        args.study_command
+    ](args)
 
 
 def _http_url(value: str) -> str:

@@ -36,6 +36,7 @@ class Settings(BaseSettings):
     stale_after_s: float = Field(30.0, gt=0)
     reaper_interval_s: float = Field(5.0, gt=0)
     max_infra_retries: int = Field(3, ge=0, description="re-queues after worker loss")
+    max_study_trials: int = Field(256, ge=1, description="trials per study (all its searches)")
     # A job's infrastructure error (storage or database I/O, a lost device) is retried after an
     # exponential backoff with jitter: base * 2**k seconds (at most infra_retry_max_delay_s),
     # times a random factor in [0.5, 1]; the job fails once its first such error is older than

@@ -1,6 +1,8 @@
 """The job state machine: which status may follow which, and the one function that moves a job.
 
-    queued ──claim──▶ running ──▶ succeeded | failed | cancelled
+    waiting ──release──▶ queued      (a study trial, once its study has a free slot)
+      └──cancel──▶ cancelled
+    queued ──claim──▶ running ──▶ succeeded | failed | cancelled | stopped_early
       │                 │  ▲
       │                 │  └── a stale lease claimed again (a new attempt)
       │                 └────▶ queued   (re-queued: worker lost, shut down, infrastructure retry)
@@ -26,11 +28,15 @@ from jobstore.events import append_status_event
 
 # status -> the statuses that may follow it
 ALLOWED: dict[str, frozenset[str]] = {
+    "waiting": frozenset({"queued", "cancelled"}),
     "queued": frozenset({"running", "cancelled"}),
-    "running": frozenset({"running", "queued", "succeeded", "failed", "cancelled"}),
+    "running": frozenset(
+        {"running", "queued", "succeeded", "failed", "cancelled", "stopped_early"}
+    ),
     "succeeded": frozenset(),
     "failed": frozenset(),
     "cancelled": frozenset(),
+    "stopped_early": frozenset(),
 }
 assert set(ALLOWED) == set(JOB_STATES)
 
@@ -41,11 +47,19 @@ LEASE_COLUMNS = frozenset({"worker_id", "heartbeat_at", "attempts"})
 PROGRESS_COLUMNS = frozenset(
     {"step", "latest_metrics", "best_metrics", "telemetry", "backend", "device"}
 )
-TRANSITION_COLUMNS = LEASE_COLUMNS | PROGRESS_COLUMNS | {"error", "cancel_requested"}
+TRANSITION_COLUMNS = LEASE_COLUMNS | PROGRESS_COLUMNS | {"error", "cancel_requested", "stop_reason"}
 
 
 class IllegalTransition(ValueError):
     """A transition the state machine does not have, or a column it may not write."""
+
+
+def stop_outcome(stop_reason: str | None) -> tuple[str, str]:
+    """(status, reason) a job whose stop was requested ends with: `stopped_early` when its
+    study's early stopping asked, `cancelled` otherwise."""
+    if stop_reason == "early_stop":
+        return "stopped_early", "stopped early by its study"
+    return "cancelled", "cancelled"
 
 
 def can_follow(current: str, target: str) -> bool:
@@ -104,6 +118,12 @@ def transition(
     job = session.get(Job, job_id, populate_existing=True)
     if record:
         record_status(session, job, **(event or {}))
+    if target in TERMINAL_STATES and job.study_id is not None:
+        # A trial finished: its study may release the next waiting one (same transaction;
+        # the message is sent after the commit). Every finish path passes here.
+        from jobstore.studies import release_waiting
+
+        release_waiting(session, job.study_id)
     return job
 
 

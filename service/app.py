@@ -31,6 +31,7 @@ OPTIONAL_ROUTERS = (
     "service.predict.routes",
     "service.datasets.routes",
     "service.checkpoints.routes",
+    "service.studies.routes",
     "service.dashboard.routes",
 )
 UPLOAD_PATH_PREFIXES = (f"{API_PREFIX}/datasets", f"{API_PREFIX}/checkpoints")

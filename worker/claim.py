@@ -83,7 +83,8 @@ def claim_job(settings: Settings, job_id: str, worker_id: str) -> Claim | None:
 def _refusal(session: Session, job: Job, settings: Settings):
     """(status, event, columns) when the claimed job must not run, else None."""
     if job.cancel_requested:
-        return "cancelled", {"reason": "cancelled"}, {}
+        status, reason = states.stop_outcome(job.stop_reason)
+        return status, {"reason": reason}, {}
     if job.attempts > settings.max_infra_retries + 1:
         error = f"gave up after {job.attempts - 1} attempts (worker lost each time)"
         event = {"error": "retries exhausted", "attempts": job.attempts - 1}

@@ -17,6 +17,7 @@ from datetime import datetime
 
 from sqlalchemy.orm import Session
 
+from jobstore import states
 from jobstore.db.models import Job, utcnow
 from jobstore.db.session import session_scope
 from jobstore.events import status_events
@@ -150,10 +151,10 @@ def settle_error(
         stop.wait(delay)
         with session_scope(settings.database_url) as session:
             if stop.reason == "cancel":
-                lease.release(
-                    session, job_id, worker_id, "cancelled", event={"reason": "cancelled"}
-                )
-                return "cancelled"
+                row = lease.load(session, job_id)
+                status, reason = states.stop_outcome(row.stop_reason if row else None)
+                lease.release(session, job_id, worker_id, status, event={"reason": reason})
+                return status
             job = lease.release(
                 session,
                 job_id,

@@ -19,6 +19,7 @@ from datetime import timedelta
 
 from sqlalchemy import select, update
 
+from jobstore import states
 from jobstore.db.models import Job, utcnow
 from jobstore.db.session import session_scope
 from jobstore.settings import Settings
@@ -33,6 +34,8 @@ class ReapResult:
     failed: list[str] = field(default_factory=list)
     cancelled: list[str] = field(default_factory=list)
     resent: list[str] = field(default_factory=list)
+    released: list[str] = field(default_factory=list)  # study trials moved from waiting
+    stopped_early: list[str] = field(default_factory=list)  # asked to stop by their study
 
 
 def reap_once(settings: Settings, *, enqueue=None) -> ReapResult:
@@ -44,22 +47,25 @@ def reap_once(settings: Settings, *, enqueue=None) -> ReapResult:
     cutoff = lease.stale_before(settings.stale_after_s)
     with session_scope(url) as session:
         stale = session.execute(
-            select(Job.id, Job.attempts, Job.cancel_requested, Job.worker_id).where(
+            select(
+                Job.id, Job.attempts, Job.cancel_requested, Job.worker_id, Job.stop_reason
+            ).where(
                 Job.status == "running",
                 (Job.heartbeat_at.is_(None)) | (Job.heartbeat_at < cutoff),
             )
         ).all()
-    for job_id, attempts, cancel, worker_id in stale:
+    for job_id, attempts, cancel, worker_id, stop_reason in stale:
         with session_scope(url) as session:
             event = {"reason": "worker lost", "worker": worker_id, "attempts": attempts}
             if cancel:
+                status, reason = states.stop_outcome(stop_reason)
                 job = lease.release(
                     session,
                     job_id,
                     None,
-                    "cancelled",
+                    status,
                     stale_after_s=settings.stale_after_s,
-                    event={**event, "reason": "cancelled (worker lost)"},
+                    event={**event, "reason": f"{reason} (worker lost)"},
                 )
                 bucket = out.cancelled
             elif attempts > settings.max_infra_retries:
@@ -91,7 +97,21 @@ def reap_once(settings: Settings, *, enqueue=None) -> ReapResult:
         if job.status == "queued":
             enqueue(job_id)  # after the commit
     out.resent = _resend_lost(settings, enqueue)
+    _studies_pass(settings, out)
     return out
+
+
+def _studies_pass(settings: Settings, out: ReapResult) -> None:
+    """Early stopping decided from the streamed metrics, then waiting trials released where a
+    slot is free (a finishing trial releases the next itself; this catches what it skipped)."""
+    from jobstore import studies
+
+    with session_scope(settings.database_url) as session:
+        ids = studies.studies_in_progress(session)
+    for study_id in ids:
+        with session_scope(settings.database_url) as session:
+            out.stopped_early += studies.apply_early_stopping(session, study_id)
+            out.released += studies.release_waiting(session, study_id, skip_locked=False)
 
 
 def _resend_lost(settings: Settings, enqueue) -> list[str]:

@@ -19,6 +19,7 @@ import socket
 from pathlib import Path
 from typing import Any
 
+from jobstore import states
 from jobstore.checkpoints import apply_retention, register_checkpoint
 from jobstore.db.models import Checkpoint, Job
 from jobstore.files import job_checkpoint_dir, relative_to_storage
@@ -157,8 +158,9 @@ class JobRunner:
             values["telemetry"] = telemetry
         if result.status == "completed":
             status, event = "succeeded", {"step": step}
-        elif self.stop.reason == "cancel":
-            status, event = "cancelled", {"step": step, "reason": "cancelled"}
+        elif self.stop.reason == "cancel":  # cancelled, or stopped early by its study
+            status, reason = self._stop_outcome()
+            event = {"step": step, "reason": reason}
         elif self.stop.reason == "shutdown":
             # Not the job's fault and not a lost worker: the claim is given back uncounted.
             status, event = "queued", {"step": step, "reason": "worker shut down"}
@@ -176,6 +178,11 @@ class JobRunner:
             enqueue_job(self.job_id)  # after the commit
             return "requeued"
         return status
+
+    def _stop_outcome(self) -> tuple[str, str]:
+        with self.reporter.transaction() as session:
+            job = lease.load(session, self.job_id)
+            return states.stop_outcome(job.stop_reason if job is not None else None)
 
     def _flush_quietly(self) -> None:
         try:

@@ -194,6 +194,19 @@ class Client:
             files = {"file": (Path(path).name, f, "application/octet-stream")}
             return self._json("POST", f"{API}/checkpoints", files=files, ok=(201,))
 
+    # ------------------------------------------------------------------ studies
+    def submit_study(self, body: dict[str, Any]) -> dict[str, Any]:
+        return self._json("POST", f"{API}/studies", json=body, ok=(201,))
+
+    def study(self, study_id: str) -> dict[str, Any]:
+        return self._json("GET", f"{API}/studies/{quote(study_id, safe='')}")
+
+    def study_table(self, study_id: str) -> dict[str, Any]:
+        return self._json("GET", f"{API}/studies/{quote(study_id, safe='')}/table")
+
+    def study_csv(self, study_id: str) -> str:
+        return self._request("GET", f"{API}/studies/{quote(study_id, safe='')}/table.csv").text
+
     def _raise_for(self, r: httpx.Response, method: str, path: str):
         if r.status_code == 401:
             raise ApiError(

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 JOB_NAME_PREFIX = "reproduce:"  # the contract: recipe R's job is named "reproduce:R"
-FINISHED = ("succeeded", "failed", "cancelled")
+FINISHED = ("succeeded", "failed", "cancelled", "stopped_early")
 # Top-level body sections an --override may touch (the contract's submit-by-recipe body);
 # `name` and `init_from` are set by reproduce itself.
 OVERRIDE_SECTIONS = ("task", "model", "training")

@@ -35,8 +35,11 @@ NAMING_CONVENTION = {
 # SQLite autoincrement needs INTEGER PRIMARY KEY; PostgreSQL gets BIGINT.
 BigIntPK = BigInteger().with_variant(Integer(), "sqlite")
 
-JOB_STATES = ("queued", "running", "succeeded", "failed", "cancelled")
-TERMINAL_STATES = ("succeeded", "failed", "cancelled")
+# `waiting`: a study's trial held back by the study's `max_concurrent` (no message sent yet);
+# `stopped_early`: a trial its study's early stopping ended (curve and checkpoints kept).
+JOB_STATES = ("waiting", "queued", "running", "succeeded", "failed", "cancelled", "stopped_early")
+TERMINAL_STATES = ("succeeded", "failed", "cancelled", "stopped_early")
+STOP_REASONS = ("cancel", "early_stop")
 
 
 def utcnow() -> datetime:
@@ -102,10 +105,42 @@ class Job(Base):
     heartbeat_at: Mapped[datetime | None] = mapped_column(default=None)
     attempts: Mapped[int] = mapped_column(Integer, default=0)  # claims so far
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    # Why the stop was requested ("cancel" or "early_stop"); the job ends as cancelled or
+    # stopped_early accordingly. None with cancel_requested means "cancel".
+    stop_reason: Mapped[str | None] = mapped_column(String(16), default=None)
+
+    # A study's trial: its study, its index there and the spec fields the study set.
+    study_id: Mapped[str | None] = mapped_column(
+        ForeignKey("studies.id", ondelete="CASCADE"), default=None, index=True
+    )
+    trial_index: Mapped[int | None] = mapped_column(Integer, default=None)
+    overrides: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
 
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(default=None)
     finished_at: Mapped[datetime | None] = mapped_column(default=None)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+class Study(Base):
+    """A base spec and a search space; its trials are ordinary jobs (`Job.study_id`). Status,
+    progress and best trial are derived from the trials, never stored."""
+
+    __tablename__ = "studies"
+    __table_args__ = (Index("ix_studies_owner_created", "owner_id", "created_at"),)
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    owner_id: Mapped[str] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    name: Mapped[str | None] = mapped_column(String(200), default=None)
+    base: Mapped[dict[str, Any]] = mapped_column(JSON)  # the base spec as submitted
+    searches: Mapped[dict[str, Any]] = mapped_column(JSON)  # {"items": [search, ...]} (extends)
+    objective: Mapped[dict[str, Any]] = mapped_column(JSON)  # {"metric": ..., "mode": ...}
+    max_concurrent: Mapped[int] = mapped_column(Integer)
+    early_stopping: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
+    # ASHA decisions taken: {job_id: {rung: "continue" | "stop"}}
+    rung_decisions: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    trial_count: Mapped[int] = mapped_column(Integer, default=0)
+    cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
 

@@ -107,19 +107,10 @@ def submit_job(
         if existing is not None:
             return Submitted(_check_replay(existing, spec_dict), created=False)
 
-    job = Job(
-        owner_id=user.id,
-        name=spec.name,
-        task_name=spec.task.name,
-        neuron=spec.model.neuron,
-        spec=spec_dict,
-        status="queued",
-        idempotency_key=idempotency_key,
-        max_steps=spec.total_steps,
-        step=0,
-    )
     try:
-        repo.add_job(session, job)  # flushes: a concurrent replay's key collides here
+        job = store_job(
+            session, user, settings, spec, init_source, idempotency_key=idempotency_key
+        )  # flushes: a concurrent replay's key collides here
     except IntegrityError:
         session.rollback()
         if idempotency_key is None:
@@ -128,15 +119,44 @@ def submit_job(
         if existing is None:
             raise
         return Submitted(_check_replay(existing, spec_dict), created=False)
+    return Submitted(job, created=True)
+
+
+def store_job(
+    session: Session,
+    user: User,
+    settings: Settings,
+    spec: JobSpec,
+    init_source: Path | None,
+    *,
+    status: str = "queued",
+    **fields: Any,
+) -> Job:
+    """Store a validated spec as a new job (`queued`, or `waiting` for a study's trial held
+    back) with its status event; a queued job's message is sent after the commit. `fields`:
+    more columns (idempotency key, study link)."""
+    job = Job(
+        owner_id=user.id,
+        name=spec.name,
+        task_name=spec.task.name,
+        neuron=spec.model.neuron,
+        spec=spec.to_dict(),
+        status=status,
+        max_steps=spec.total_steps,
+        step=0,
+        **fields,
+    )
+    repo.add_job(session, job)
     states.record_status(session, job)
     if init_source is not None:
         install_init_file(settings, job.id, init_source)
         directory = job_checkpoint_dir(settings, job.id)
         after_rollback(session, lambda: shutil.rmtree(directory, ignore_errors=True))
-    # The message is sent once the request's unit of work has committed the row (a worker
-    # always finds it); if the broker is down the reaper re-sends it.
-    after_commit(session, lambda: try_enqueue_job(job.id, settings))
-    return Submitted(job, created=True)
+    if status == "queued":
+        # The message is sent once the request's unit of work has committed the row (a worker
+        # always finds it); if the broker is down the reaper re-sends it.
+        after_commit(session, lambda: try_enqueue_job(job.id, settings))
+    return job
 
 
 def _check_replay(existing: Job, spec_dict: dict[str, Any]) -> Job:
@@ -202,7 +222,13 @@ def cancel_job(session: Session, user: User, job_id: str) -> Job:
     job = get_owned_job(session, user, job_id, for_update=True)
     if job.status in TERMINAL_STATES:
         raise Conflict(f"job {job.id} already finished as {job.status}")
-    if job.status == "queued":
+    stop_job(session, job)
+    return job
+
+
+def stop_job(session: Session, job: Job) -> None:
+    """Cancel an unfinished job: at once when it is not running, else by `cancel_requested`."""
+    if job.status in ("queued", "waiting"):
         states.transition(
             session,
             job.id,
@@ -210,10 +236,10 @@ def cancel_job(session: Session, user: User, job_id: str) -> Job:
             event={"reason": "cancelled by user"},
             cancel_requested=True,
         )
-    else:  # running: its worker sees the flag within a step and ends the job as cancelled
+    elif job.status == "running":  # its worker sees the flag within a step and cancels it
         job.cancel_requested = True
+        job.stop_reason = job.stop_reason or "cancel"
     session.flush()
-    return job
 
 
 # ----------------------------------------------------------------------------- metrics/events

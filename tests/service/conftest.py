@@ -38,7 +38,7 @@ REDIS_HOST = os.environ.get("CELIF_TEST_REDIS_HOST", "127.0.0.1")
 DATABASES = [
     d.strip() for d in os.environ.get("CELIF_TEST_DATABASES", "postgresql,sqlite").split(",")
 ]
-TABLES = ("job_events", "checkpoints", "jobs", "datasets", "api_tokens", "users")
+TABLES = ("job_events", "checkpoints", "jobs", "studies", "datasets", "api_tokens", "users")
 
 
 def _clean_celif_env(mp: pytest.MonkeyPatch) -> None:

@@ -386,3 +386,74 @@ def test_dashboard_end_to_end(browser, tmp_path, trained):
             if e["level"] == "SEVERE" and "Failed to load resource" not in e["message"]
         ]
         assert not severe, severe
+
+
+def test_study_page(browser, tmp_path):
+    """A study of two tiny trials run by the embedded server's worker (one at a time): the
+    study page's table fills in (sortable, a link to each trial) and the curves overlay."""
+    d = browser
+    with EmbeddedServer(tmp_path / "data") as srv:
+        base = {
+            "task": {"name": "adding", "params": {"seq_len": 10, "val_size": 64, "test_size": 64}},
+            "model": {"neuron": "celif", "hidden": [8]},
+            "training": {"max_steps": 40, "batch_size": 32, "eval_batch_size": 64,
+                         "eval_every": 10, "checkpoint_every": 20, "device": "cpu"},
+        }  # fmt: skip
+        body = {
+            "name": "lr sweep",
+            "base": base,
+            "search": {"type": "grid", "params": {"training.lr": [0.02, 0.002]}},
+            "objective": {"metric": "val_mse", "mode": "min"},
+            "max_concurrent": 1,
+        }
+        with srv.client() as api:
+            r = api.post("/api/v1/studies", json=body)
+            assert r.status_code == 201, r.text
+            study = r.json()
+        d.get(srv.url + "/")
+        d.execute_script("localStorage.setItem('celif_token', arguments[0])", srv.token)
+        d.get(f"{srv.url}/#/studies")
+        link = _wait(
+            d, lambda d: d.find_elements(By.CSS_SELECTOR, "#studies-table tbody a"), 30, "list"
+        )
+        assert link[0].text == "lr sweep"
+        link[0].click()
+        _wait(d, lambda d: d.find_element(By.ID, "view-study").is_displayed(), 30, "study page")
+
+        def finished(d):  # read in the page: the summary is re-rendered every poll
+            script = "return (document.getElementById('study-status') || {}).textContent"
+            return d.execute_script(script) == "completed"
+
+        _wait(d, finished, 240, "the study to complete")
+        _wait(
+            d,
+            lambda d: d.find_element(By.ID, "study-curves").get_attribute("data-traces") == "2",
+            30,
+            "two overlaid curves",
+        )
+        rows = d.find_elements(By.CSS_SELECTOR, "#study-table tbody tr")
+        assert [r.get_attribute("data-status") for r in rows] == ["succeeded", "succeeded"]
+        heads = [h.text for h in d.find_elements(By.CSS_SELECTOR, "#study-table th")]
+        assert heads[:3] == ["#", "training.lr", "status"]
+        assert "best: trial" in d.find_element(By.ID, "study-summary").text
+        # sort by the field, descending on a second click
+        header = d.find_element(By.CSS_SELECTOR, '#study-table th[data-key="field:training.lr"]')
+        header.click()
+        d.find_element(By.CSS_SELECTOR, '#study-table th[data-key="field:training.lr"]').click()
+        ids = [
+            r.get_attribute("data-job-id")
+            for r in d.find_elements(By.CSS_SELECTOR, "#study-table tbody tr")
+        ]
+        assert ids == [study["trials"][0]["job_id"], study["trials"][1]["job_id"]]  # 0.02 first
+        d.find_element(By.CSS_SELECTOR, '#study-table th[data-key="field:training.lr"]').click()
+        first = d.find_element(By.CSS_SELECTOR, "#study-table tbody tr a")
+        assert first.get_attribute("href").endswith(f"#/jobs/{study['trials'][1]['job_id']}")
+        _screenshot(d, "dashboard-study.png")
+        first.click()
+        _wait(d, lambda d: d.find_element(By.ID, "view-job").is_displayed(), 30, "trial page")
+        severe = [
+            e
+            for e in d.get_log("browser")
+            if e["level"] == "SEVERE" and "Failed to load resource" not in e["message"]
+        ]
+        assert not severe, severe

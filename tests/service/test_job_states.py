@@ -33,7 +33,10 @@ def test_the_table():
         assert ALLOWED[done] == frozenset() and not can_follow(done, "queued")
     assert not can_follow("queued", "succeeded") and not can_follow("queued", "failed")
     assert can_follow("running", "queued") and can_follow("running", "running")
-    assert set(predecessors("cancelled")) == {"queued", "running"}
+    assert set(predecessors("cancelled")) == {"waiting", "queued", "running"}
+    # a study's held-back trial is released to the queue, never claimed directly
+    assert set(predecessors("queued")) == {"waiting", "running"}
+    assert set(predecessors("stopped_early")) == {"running"}
 
 
 @pytest.mark.parametrize("final", TERMINAL_STATES)

@@ -27,6 +27,7 @@ const state = {
   catalog: null,
   jobsTimer: null,
   jobView: null, // per-job page state, reset on navigation
+  studyView: null, // per-study page state, reset on navigation
 };
 
 // ------------------------------------------------------------------ API
@@ -85,6 +86,10 @@ function stopJobView() {
   }
   clearInterval(state.jobsTimer);
   state.jobsTimer = null;
+  if (state.studyView) {
+    clearInterval(state.studyView.timer);
+    state.studyView = null;
+  }
 }
 
 async function route() {
@@ -97,8 +102,11 @@ async function route() {
   $("#nav").hidden = false;
   const hash = location.hash.replace(/^#/, "") || "/";
   const m = hash.match(/^\/jobs\/([^/]+)$/);
+  const ms = hash.match(/^\/studies\/([^/]+)$/);
   try {
     if (m) await showJob(m[1]);
+    else if (ms) await showStudy(ms[1]);
+    else if (hash === "/studies") await showStudies();
     else if (hash === "/new") await showNewJob();
     else if (hash === "/datasets") await showDatasets();
     else await showJobs();
@@ -171,6 +179,185 @@ async function showJobs() {
   };
   await refresh();
   state.jobsTimer = setInterval(() => refresh().catch(() => {}), 2000);
+}
+
+// ------------------------------------------------------------------ studies
+async function showStudies() {
+  show("studies");
+  const refresh = async () => {
+    const data = await api("/studies?limit=100");
+    $("#studies-table tbody").replaceChildren(
+      ...data.items.map((s) =>
+        el(
+          "tr",
+          { dataset: { studyId: s.id, status: s.status } },
+          el("td", {}, el("a", { href: `#/studies/${s.id}` }, s.name || s.id)),
+          el("td", {}, el("span", { class: `status ${s.status}` }, s.status)),
+          el("td", {}, `${s.progress.finished}/${s.progress.trials}`),
+          el("td", {}, `${s.objective.metric} (${s.objective.mode})`),
+          el("td", {}, new Date(s.created_at).toLocaleString()),
+        ),
+      ),
+    );
+    $("#studies-empty").hidden = data.items.length > 0;
+  };
+  await refresh();
+  state.jobsTimer = setInterval(() => refresh().catch(() => {}), 2000);
+}
+
+// The objective key of latest_metrics ("val_mse") as a metric point's split and name.
+function splitMetric(metric) {
+  const i = metric.indexOf("_");
+  const split = metric.slice(0, i);
+  return i > 0 && ["train", "val", "test"].includes(split) ? [split, metric.slice(i + 1)] : [null, metric];
+}
+
+const STUDY_COLUMNS = [
+  ["trial", "#"],
+  ["status", "status"],
+  ["step", "step"],
+  ["final", "final"],
+  ["best", "best"],
+  ["wall_time_s", "wall s"],
+  ["mean_firing_rate", "firing rate"],
+  ["energy_nj", "energy nJ"],
+];
+
+async function showStudy(id) {
+  show("study");
+  state.studyView = { id, points: {}, seq: {}, sort: { key: "trial", dir: 1 }, table: null, study: null };
+  $("#study-error").textContent = "";
+  state.studyView.timer = setInterval(() => refreshStudy().catch(() => {}), 2000);
+  await refreshStudy();
+}
+
+async function refreshStudy() {
+  const v = state.studyView;
+  if (!v || v.busy) return; // one refresh at a time: points are read incrementally
+  v.busy = true;
+  try {
+    await loadStudy(v);
+  } finally {
+    v.busy = false;
+  }
+}
+
+async function loadStudy(v) {
+  const [study, table] = await Promise.all([api(`/studies/${v.id}`), api(`/studies/${v.id}/table`)]);
+  if (state.studyView !== v) return;
+  v.study = study;
+  v.table = table;
+  $("#study-title").textContent = study.name || study.id;
+  const best = study.best_trial;
+  $("#study-summary").replaceChildren(
+    el("span", { class: `status ${study.status}`, id: "study-status" }, study.status),
+    ` ${study.progress.finished}/${study.progress.trials} trials finished · objective ${study.objective.metric} (${study.objective.mode})`,
+    best ? ` · best: trial ${best.index} (${fmtNum(best.objective)})` : "",
+  );
+  $("#study-cancel-btn").hidden = ["completed", "failed", "cancelled"].includes(study.status);
+  renderStudyTable();
+  await loadStudyPoints(study);
+  plotStudy();
+  // a finished study changes no more: stop polling (its last points are loaded above)
+  if (["completed", "failed", "cancelled"].includes(study.status)) clearInterval(v.timer);
+}
+
+function renderStudyTable() {
+  const v = state.studyView;
+  const t = v.table;
+  const cols = [...STUDY_COLUMNS.slice(0, 1), ...t.fields.map((f) => [`field:${f}`, f]), ...STUDY_COLUMNS.slice(1)];
+  const value = (row, key) => (key.startsWith("field:") ? row.overrides[key.slice(6)] : row[key]);
+  const rows = [...t.rows].sort((a, b) => {
+    const x = value(a, v.sort.key);
+    const y = value(b, v.sort.key);
+    if (x === y) return 0;
+    if (x === null || x === undefined) return 1;
+    if (y === null || y === undefined) return -1;
+    return (x < y ? -1 : 1) * v.sort.dir;
+  });
+  $("#study-table thead tr").replaceChildren(
+    ...cols.map(([key, label]) =>
+      el("th", { dataset: { key }, class: v.sort.key === key ? (v.sort.dir > 0 ? "sorted asc" : "sorted desc") : "", onclick: () => sortStudy(key) }, label),
+    ),
+  );
+  $("#study-table tbody").replaceChildren(
+    ...rows.map((r) =>
+      el(
+        "tr",
+        { dataset: { jobId: r.job_id, status: r.status } },
+        ...cols.map(([key]) => {
+          const x = value(r, key);
+          if (key === "trial") return el("td", {}, el("a", { href: `#/jobs/${r.job_id}` }, `#${x}`));
+          if (key === "status") return el("td", {}, el("span", { class: `status ${x}` }, x));
+          if (key === "step") return el("td", {}, `${r.step}/${r.max_steps}`);
+          return el("td", {}, x === null || x === undefined ? "–" : fmtNum(x));
+        }),
+      ),
+    ),
+  );
+}
+
+function sortStudy(key) {
+  const v = state.studyView;
+  v.sort = { key, dir: v.sort.key === key ? -v.sort.dir : 1 };
+  renderStudyTable();
+}
+
+// New points of the objective for every trial (incremental: after= the last seq seen).
+async function loadStudyPoints(study) {
+  const v = state.studyView;
+  const [split, name] = splitMetric(study.objective.metric);
+  await Promise.all(
+    study.trials.map(async (t) => {
+      if (["waiting", "queued"].includes(t.status)) return;
+      const page = await api(`/jobs/${t.job_id}/metrics?after=${v.seq[t.job_id] || 0}`);
+      v.seq[t.job_id] = page.last_seq || v.seq[t.job_id] || 0;
+      const pts = page.items.filter((p) => p.name === name && (split === null || p.split === split));
+      v.points[t.job_id] = [...(v.points[t.job_id] || []), ...pts];
+    }),
+  );
+}
+
+function trialLabel(t) {
+  const parts = Object.entries(t.overrides).map(([k, x]) => `${k.split(".").pop()}=${fmtNum(x)}`);
+  return `#${t.index} ${parts.join(", ")}`;
+}
+
+function plotStudy() {
+  const v = state.studyView;
+  const study = v.study;
+  const metric = study.objective.metric;
+  const traces = study.trials
+    .filter((t) => (v.points[t.job_id] || []).length)
+    .map((t) => {
+      const pts = v.points[t.job_id];
+      return { x: pts.map((p) => p.step), y: pts.map((p) => p.value), name: trialLabel(t), mode: pts.length > 1 ? "lines" : "markers", line: { dash: t.status === "stopped_early" ? "dot" : "solid" } };
+    });
+  const layout = { margin: { t: 40, r: 16, b: 44, l: 56 }, title: { text: `${metric} by trial` }, xaxis: { title: { text: "step" } }, yaxis: { title: { text: metric } } };
+  Plotly.react("study-curves", traces, layout, { responsive: true, displaylogo: false });
+  $("#study-curves").dataset.traces = String(traces.length);
+  // field vs objective: the first overridden field on x, each trial's best value on y
+  const field = v.table.fields[0];
+  const rows = v.table.rows.filter((r) => r.best !== null);
+  const x = rows.map((r) => { const f = r.overrides[field]; return typeof f === "number" || typeof f === "string" ? f : JSON.stringify(f); });
+  Plotly.react(
+    "study-scatter",
+    [{ x, y: rows.map((r) => r.best), text: rows.map((r) => `#${r.trial}`), mode: "markers", type: "scatter", marker: { size: 10 } }],
+    { margin: { t: 40, r: 16, b: 44, l: 56 }, title: { text: `best ${metric} vs ${field || "trial"}` }, xaxis: { title: { text: field || "" } }, yaxis: { title: { text: metric } } },
+    { responsive: true, displaylogo: false },
+  );
+}
+
+async function downloadStudyCsv(ev) {
+  ev.preventDefault();
+  const v = state.studyView;
+  const resp = await api(`/studies/${v.id}/table.csv`, { raw: true });
+  const url = URL.createObjectURL(await resp.blob());
+  const a = el("a", { href: url, download: `study-${v.id}.csv` });
+  document.body.append(a);
+  a.click();
+  a.remove();
+  URL.revokeObjectURL(url);
 }
 
 // ------------------------------------------------------------------ submit form
@@ -868,6 +1055,11 @@ window.addEventListener("DOMContentLoaded", () => {
     await api(`/jobs/${state.jobView.id}/cancel`, { method: "POST" }).catch((err) => ($("#job-error").textContent = errorText(err)));
     refreshJob();
   });
+  $("#study-cancel-btn").addEventListener("click", async () => {
+    await api(`/studies/${state.studyView.id}/cancel`, { method: "POST" }).catch((err) => ($("#study-error").textContent = errorText(err)));
+    refreshStudy();
+  });
+  $("#study-csv").addEventListener("click", downloadStudyCsv);
   setupCanvas();
   window.addEventListener("hashchange", route);
   route();
