@@ -11,13 +11,15 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy import inspect
+from sqlalchemy.orm import Session, make_transient_to_detached, sessionmaker
 
 from jobstore.db.models import User
 from jobstore.db.session import get_sessionmaker, transaction
 from jobstore.settings import Settings
-from service.auth.service import verify_token
+from service.auth.service import hash_token, verify_token
 from service.errors import Unauthorized
+from service.ttlcache import TTLCache
 
 _bearer = HTTPBearer(auto_error=False, description="an API token (`celif token create`)")
 
@@ -60,15 +62,40 @@ def end_unit_of_work(session: Session) -> None:
 SessionDep = Annotated[Session, Depends(get_session, scope="function")]
 
 
+def token_cache(request: Request) -> TTLCache:
+    """The app's cache of verified tokens (sha256 -> a detached copy of the user), kept
+    `settings.auth_cache_ttl_s`: a token revoked elsewhere stops working within that bound."""
+    cache = getattr(request.app.state, "token_cache", None)
+    if cache is None:
+        cache = request.app.state.token_cache = TTLCache(
+            request.app.state.settings.auth_cache_ttl_s
+        )
+    return cache
+
+
+def _detached_copy(user: User) -> User:
+    copy = User(**{a.key: getattr(user, a.key) for a in inspect(User).column_attrs})
+    make_transient_to_detached(copy)
+    return copy
+
+
 def get_current_user(
+    request: Request,
     session: SessionDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> User:
     if credentials is None or credentials.scheme.lower() != "bearer":
         raise Unauthorized("missing bearer token: send 'Authorization: Bearer <token>'")
+    cache = token_cache(request)
+    digest = hash_token(credentials.credentials)
+    cached = cache.get(digest)
+    if cached is not None:
+        # Into this request's session without a query (the cached copy is never modified).
+        return session.merge(cached, load=False)
     user = verify_token(session, credentials.credentials)
     if user is None:
         raise Unauthorized("invalid or revoked token")
+    cache.put(digest, _detached_copy(user))
     return user
 
 
