@@ -86,6 +86,13 @@ class Settings(BaseSettings):
     # Requests waiting for a worker beyond the running ones; one more is a 503 + Retry-After.
     predict_queue_size: int = Field(32, ge=0)
     predict_retry_after_s: int = Field(1, ge=1)
+    # Dynamic batching: concurrent requests for the same checkpoint and step count gathered
+    # for at most predict_batch_wait_ms, up to predict_max_batch_steps sequences x steps, run
+    # as one forward. "auto": on where it measured faster (CUDA); off on CPU, where the
+    # side-by-side benchmark (docs/benchmarks.md) showed no gain.
+    predict_batching: Literal["auto", "on", "off"] = "auto"
+    predict_batch_wait_ms: float = Field(2.0, ge=0, le=1000)
+    predict_max_batch_steps: int = Field(64 * 784, ge=1)
     # Bounded staleness of the per-process caches: a token revoked (or a new best checkpoint
     # registered) takes effect on this process within this many seconds; 0 turns caching off.
     auth_cache_ttl_s: float = Field(2.0, ge=0, le=60)

@@ -157,6 +157,32 @@ def num_spiking_layers(model: torch.nn.Module, spec: JobSpec) -> int:
     return 0 if spec.model.neuron == "lstm" else len(spec.model.hidden)
 
 
+def _response(
+    spec: JobSpec,
+    output: np.ndarray,
+    rates: list[float] | None,
+    spikes: list[torch.Tensor] | None,
+    *,
+    returns: frozenset[str],
+    spikes_layer: int,
+    as_array: bool,
+) -> dict[str, Any]:
+    body: dict[str, Any] = {"kind": spec.kind}
+    if as_array:
+        body["array"] = output_array(spec.kind, output)
+    else:
+        body["predictions"] = format_outputs(spec.kind, output, "probabilities" in returns)
+    if "firing_rates" in returns:
+        body["firing_rates"] = rates or []
+    if spikes and "spikes" in returns and not as_array:
+        raster = _pick_layer(spikes, spikes_layer).float().numpy()  # [N, T, neurons]
+        body["spikes"] = {
+            "layer": spikes_layer,
+            "rasters": [sparse_raster(raster[i]) for i in range(raster.shape[0])],
+        }
+    return body
+
+
 def predict(
     loaded: LoadedModel,
     x: np.ndarray,
@@ -174,21 +200,55 @@ def predict(
         # record_spikes=True records every layer for every sequence; one layer is returned.
         out = loaded.model.run(xt, record_spikes=want_spikes)
         output = out.output.float().numpy()
-    body: dict[str, Any] = {"kind": spec.kind}
-    if as_array:
-        body["array"] = output_array(spec.kind, output)
-    else:
-        body["predictions"] = format_outputs(spec.kind, output, "probabilities" in returns)
-    if "firing_rates" in returns:
-        body["firing_rates"] = [float(r) for r in (out.firing_rates or [])]
-    if want_spikes and out.spikes:
-        layer_spikes = _pick_layer(out.spikes, spikes_layer)
-        raster = layer_spikes.float().numpy()  # [N, T, neurons]
-        body["spikes"] = {
-            "layer": spikes_layer,
-            "rasters": [sparse_raster(raster[i]) for i in range(raster.shape[0])],
-        }
-    return body
+        rates = [float(r) for r in (out.firing_rates or [])]
+        return _response(
+            spec,
+            output,
+            rates,
+            out.spikes if want_spikes else None,
+            returns=returns,
+            spikes_layer=spikes_layer,
+            as_array=as_array,
+        )
+
+
+@dataclass(frozen=True)
+class PredictOptions:
+    returns: frozenset[str]
+    spikes_layer: int
+    as_array: bool
+
+
+def predict_many(
+    loaded: LoadedModel, xs: list[np.ndarray], options: list[PredictOptions]
+) -> list[dict[str, Any]]:
+    """Several requests' inputs (same T and F) as one forward, split back per request: the
+    same bodies as `predict` on each alone (the firing rates are counted over each request's
+    own rows: spike counts are integers, exact in float32)."""
+    spec = loaded.spec
+    spiking = spec.model.neuron != "lstm"
+    with torch.inference_mode():
+        xt = torch.from_numpy(np.ascontiguousarray(np.concatenate(xs), dtype=np.float32))
+        out = loaded.model.run(xt, record_spikes=spiking)
+        output = out.output.float().numpy()
+        bodies, start = [], 0
+        for x, opt in zip(xs, options, strict=True):
+            rows = slice(start, start + x.shape[0])
+            start = rows.stop
+            spikes = [s[rows] for s in out.spikes] if out.spikes else None
+            rates = [float(s.float().mean()) for s in spikes] if spikes else []
+            bodies.append(
+                _response(
+                    spec,
+                    output[rows],
+                    rates,
+                    spikes,
+                    returns=opt.returns,
+                    spikes_layer=opt.spikes_layer,
+                    as_array=opt.as_array,
+                )
+            )
+        return bodies
 
 
 class QueueFull(Exception):
@@ -225,6 +285,74 @@ class InferencePool:
 
     def shutdown(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
+
+
+@dataclass
+class _Batch:
+    items: list[tuple[Any, asyncio.Future]] = field(default_factory=list)
+    steps: int = 0
+    flushed: bool = False
+
+
+class Batcher:
+    """Dynamic batching on the event loop: requests with the same key (checkpoint and step
+    count) arriving within `wait_s` of the first are run as one `runner(items)` call on the
+    pool, up to `max_steps` sequences x steps per batch (a full batch goes at once). A full
+    pool queue fails the batch's requests with `QueueFull`, like unbatched ones."""
+
+    def __init__(self, pool: InferencePool, *, wait_s: float, max_steps: int) -> None:
+        self.pool, self.wait_s, self.max_steps = pool, wait_s, max_steps
+        self._open: dict[Any, _Batch] = {}
+        self.batches = 0
+        self.batched_requests = 0
+
+    async def run(
+        self, key: Any, steps: int, item: Any, runner: Callable[[list[Any]], list[Any]]
+    ) -> Any:
+        loop = asyncio.get_running_loop()
+        batch = self._open.get(key)
+        if batch is not None and batch.steps + steps > self.max_steps:
+            self._flush(key, batch, runner)
+            batch = None
+        if batch is None:
+            batch = self._open[key] = _Batch()
+            loop.call_later(self.wait_s, self._flush, key, batch, runner)
+        future = loop.create_future()
+        batch.items.append((item, future))
+        batch.steps += steps
+        if batch.steps >= self.max_steps:
+            self._flush(key, batch, runner)
+        return await future
+
+    def _flush(self, key: Any, batch: _Batch, runner: Callable) -> None:
+        if batch.flushed:
+            return
+        batch.flushed = True
+        if self._open.get(key) is batch:
+            del self._open[key]
+        futures = [f for _, f in batch.items]
+        self.batches += 1
+        self.batched_requests += len(futures)
+        try:
+            done = self.pool.submit(runner, [item for item, _ in batch.items])
+        except QueueFull as exc:
+            for f in futures:
+                f.set_exception(QueueFull(str(exc)))
+            return
+        loop = asyncio.get_running_loop()
+        done.add_done_callback(lambda d: loop.call_soon_threadsafe(self._deliver, d, futures))
+
+    @staticmethod
+    def _deliver(done: Future, futures: list[asyncio.Future]) -> None:
+        exc = done.exception()
+        results = None if exc is not None else done.result()
+        for i, f in enumerate(futures):
+            if f.done():  # the request was cancelled (client gone)
+                continue
+            if exc is not None:
+                f.set_exception(exc)
+            else:
+                f.set_result(results[i])
 
 
 def _pick_layer(spikes: list[torch.Tensor] | torch.Tensor, layer: int) -> torch.Tensor:

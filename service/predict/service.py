@@ -51,9 +51,15 @@ class Runtime:
     pool: Any = None
     lookups: TTLCache | None = None
     retry_after_s: int = 1
+    batcher: Any = None  # inference.Batcher when dynamic batching is on
 
 
 _RUNTIME_LOCK = threading.Lock()
+
+
+def batching_enabled(settings: Settings) -> bool:
+    # The API loads models on the CPU (inference.ModelCache): "auto" is off there.
+    return settings.predict_batching == "on"
 
 
 def get_runtime(state: Any, settings: Settings) -> Runtime:
@@ -81,6 +87,12 @@ def get_runtime(state: Any, settings: Settings) -> Runtime:
                     lookups=TTLCache(settings.predict_lookup_ttl_s),
                     retry_after_s=settings.predict_retry_after_s,
                 )
+                if batching_enabled(settings):
+                    runtime.batcher = inference.Batcher(
+                        runtime.pool,
+                        wait_s=settings.predict_batch_wait_ms / 1000,
+                        max_steps=settings.predict_max_batch_steps,
+                    )
                 state.inference_runtime = runtime
     return runtime
 
@@ -309,12 +321,7 @@ def predict(
         loaded, cached = _load(runtime, target.checkpoint, target.path)
     except FileNotFoundError:
         # The cached lookup named a file that retention has since deleted: look again.
-        if runtime.lookups is not None and target.lookup_key is not None:
-            runtime.lookups.discard(target.lookup_key)
-        raise ServiceUnavailable(
-            "the checkpoint was replaced while this request ran; retry",
-            headers={"Retry-After": str(runtime.retry_after_s)},
-        ) from None
+        raise _replaced(runtime, target) from None
     body = inference.predict(
         loaded,
         target.inputs,
@@ -331,18 +338,75 @@ def predict(
     }
 
 
+def batchable(spec: JobSpec) -> bool:
+    """Feedforward spiking networks only: each of their matmuls has T x B rows, so a row's
+    result does not depend on the batch (celif_core.models.linear_rows); recurrent layers and
+    the LSTM multiply B rows per step, where BLAS rounding does depend on B."""
+    return spec.model.neuron != "lstm" and spec.model.architecture == "feedforward"
+
+
+def predict_batch(items: list[tuple[PredictTarget, dict[str, Any]]], runtime: Runtime) -> list:
+    """Requests gathered by the batcher (same checkpoint, same T): one forward, one answer
+    (the same as `predict` would give) per request."""
+    from service import inference
+
+    target0 = items[0][0]
+    try:
+        loaded, cached = _load(runtime, target0.checkpoint, target0.path)
+    except FileNotFoundError:
+        return [_replaced(runtime, target0) for _ in items]
+    options = [
+        inference.PredictOptions(frozenset(kw["returns"]), kw["spikes_layer"], kw["as_array"])
+        for _, kw in items
+    ]
+    bodies = inference.predict_many(loaded, [t.inputs for t, _ in items], options)
+    return [
+        {
+            "job_id": target.job_id,
+            "checkpoint": _checkpoint_ref(target.checkpoint),
+            **body,
+            "cached": cached,
+            "elapsed_ms": round((time.perf_counter() - kw["started"]) * 1000, 3),
+        }
+        for (target, kw), body in zip(items, bodies, strict=True)
+    ]
+
+
+def _replaced(runtime: Runtime, target: PredictTarget) -> ServiceUnavailable:
+    if runtime.lookups is not None and target.lookup_key is not None:
+        runtime.lookups.discard(target.lookup_key)
+    return ServiceUnavailable(
+        "the checkpoint was replaced while this request ran; retry",
+        headers={"Retry-After": str(runtime.retry_after_s)},
+    )
+
+
 async def run_predict(target: PredictTarget, *, runtime: Runtime, **kwargs: Any) -> dict:
-    """`predict` on the runtime's pool (off the event loop); a full queue is a 503 with
+    """`predict` on the runtime's pool (off the event loop), or gathered with concurrent
+    requests of the same checkpoint and step count by the batcher; a full queue is a 503 with
     `Retry-After` at once, instead of an unbounded wait."""
     from service import inference
 
     try:
-        return await runtime.pool.run(predict, target, runtime=runtime, **kwargs)
+        if runtime.batcher is None or not batchable(target.spec):
+            result = await runtime.pool.run(predict, target, runtime=runtime, **kwargs)
+        else:
+            x = target.inputs
+            key = (target.checkpoint.sha256, x.shape[1], x.shape[2])
+            result = await runtime.batcher.run(
+                key,
+                x.shape[0] * x.shape[1],
+                (target, kwargs),
+                lambda items: predict_batch(items, runtime),
+            )
     except inference.QueueFull as exc:
         raise ServiceUnavailable(
             f"the predict queue is full: {exc}; retry later",
             headers={"Retry-After": str(runtime.retry_after_s)},
         ) from None
+    if isinstance(result, ServiceError):
+        raise result
+    return result
 
 
 def npy_bytes(array: np.ndarray) -> bytes:

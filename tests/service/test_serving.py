@@ -164,3 +164,61 @@ def test_a_new_best_checkpoint_takes_effect_within_the_lookup_ttl(pclient, db, p
         assert got == before
         assert sent < changed_at + ttl, "the old checkpoint was still used past the TTL"
         time.sleep(0.05)
+
+
+@pytest.mark.parametrize("task", ["seq_mnist", "adding", "copy_memory"])
+def test_batched_equals_unbatched_and_a_bad_request_fails_alone(
+    pclient, db, psettings, trained, tokens, task
+):
+    """Concurrent requests gathered into one forward get exactly the answers each gets alone
+    (on the unbatched server); the invalid one among them gets its own 422."""
+    settings = psettings.model_copy(
+        update={"predict_batching": "on", "predict_batch_wait_ms": 300.0, "predict_workers": 1}
+    )
+    app = create_app(settings)
+    runtime = predict_service.get_runtime(app.state, settings)
+    job = make_job(db, settings.storage_dir, trained[task])
+    shape = {"seq_mnist": (784,), "adding": (24, 2), "copy_memory": None}[task]
+    if shape is None:  # copy memory: T = delay + 20, F = 1... read it from a sample
+        sample = pclient.get(f"/api/v1/jobs/{job}/samples", params={"n": 1}).json()
+        shape = tuple(sample["shape"][1:])
+    rng = np.random.default_rng(3)
+    bodies = [
+        {"inputs": rng.random((n, *shape)).round(3).tolist(), "return": ret}
+        for n, ret in [
+            (1, ["probabilities", "firing_rates"]),
+            (2, ["firing_rates", "spikes"]),
+            (1, []),
+            (3, ["probabilities", "firing_rates", "spikes"]),
+        ]
+    ]
+    bad = {"inputs": rng.random((1, 5)).tolist()}  # wrong T / F
+    alone = [pclient.post(f"/api/v1/jobs/{job}/predict", json=b) for b in bodies]
+    assert all(r.status_code == 200 for r in alone), [r.text for r in alone]
+    with (
+        ServerThread(app) as srv,
+        httpx.Client(
+            base_url=srv.url, headers={"Authorization": f"Bearer {tokens.alice}"}, timeout=60
+        ) as c,
+    ):
+        c.post(f"/api/v1/jobs/{job}/predict", json=bodies[0])  # load the model
+        before = runtime.batcher.batches
+        results: dict[int, httpx.Response] = {}
+
+        def send(i: int, body: dict) -> None:
+            results[i] = c.post(f"/api/v1/jobs/{job}/predict", json=body)
+
+        threads = [threading.Thread(target=send, args=(i, b)) for i, b in enumerate([*bodies, bad])]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        ran = runtime.batcher.batches - before
+    assert results[len(bodies)].status_code == 422
+    for i, r in enumerate(alone):
+        got = results[i]
+        assert got.status_code == 200, got.text
+        strip = lambda b: {k: v for k, v in b.items() if k not in ("elapsed_ms", "cached")}  # noqa: E731
+        assert strip(got.json()) == strip(r.json()), i
+    assert ran < len(bodies)  # some were gathered into one forward
+    runtime.pool.shutdown()
