@@ -286,6 +286,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--requests-64", type=int, default=32, help="timed requests per case (N=64)")
     p.add_argument("--no-64", action="store_true", help="skip the 64-sequence cases")
     p.add_argument("--formats", default="json,npy")
+    p.add_argument(
+        "--batching", default="off,on", help="--local: a server per setting, measured in turn"
+    )
     p.add_argument("--concurrency", type=int, default=16)
     p.add_argument(
         "--server-env",
@@ -301,12 +304,15 @@ def main(argv: list[str] | None = None) -> int:
     checkpoint = args.checkpoint
     try:
         hidden = [int(h) for h in args.hidden.split(",")]
+        extra = dict(kv.split("=", 1) for kv in args.server_env)
         if args.local:
             tmp = tempfile.TemporaryDirectory(prefix="celif-bench-")
-            extra = dict(kv.split("=", 1) for kv in args.server_env)
             if args.mnist_dir:
                 os.environ["CELIF_MNIST_DIR"] = args.mnist_dir
-            served = LocalServer(Path(tmp.name), hidden, extra)
+            mode0 = args.batching.split(",")[0]
+            served = LocalServer(
+                Path(tmp.name) / "first", hidden, {**extra, "CELIF_PREDICT_BATCHING": mode0}
+            )
             url, token, job_id = served.url, served.token, served.job_id
             checkpoint = served.checkpoint
         elif args.serve:
@@ -356,14 +362,24 @@ def main(argv: list[str] | None = None) -> int:
                     )
         cases = []
         sizes = [(one, args.requests)] + ([] if args.no_64 else [(batch, args.requests_64)])
-        for inputs, requests in sizes:
-            for clients in (1, args.concurrency):
-                for fmt in args.formats.split(","):
-                    cases.append(
-                        run_case(
+        modes = args.batching.split(",") if args.local else ["server's"]
+        for i, mode in enumerate(modes):
+            if i > 0:  # --local: the same checkpoint served again, batching `mode`
+                served.stop()
+                served = LocalServer(
+                    Path(tmp.name) / mode, hidden, {**extra, "CELIF_PREDICT_BATCHING": mode}
+                )
+                url, token, job_id = served.url, served.token, served.job_id
+                with httpx.Client(base_url=url, timeout=600) as c:
+                    c.headers["Authorization"] = f"Bearer {token}"
+                    timed_predict(c, job_id, one)  # load the model
+            for inputs, requests in sizes:
+                for clients in (1, args.concurrency):
+                    for fmt in args.formats.split(","):
+                        r = run_case(
                             url, token, job_id, inputs, clients=clients, requests=requests, fmt=fmt
                         )
-                    )
+                        cases.append({"batching": mode, **r})
     finally:
         if served is not None:
             served.stop()
@@ -375,10 +391,10 @@ def main(argv: list[str] | None = None) -> int:
     for (n, threads), ms in forward.items():
         print(f"in-process forward, {n} x 784 steps, torch threads {threads}: {ms:.1f} ms")
     print()
-    print("| sequences x 784 steps | format | clients | requests | p50 ms | p99 ms | sequences/s |")
-    print("| ---: | --- | ---: | ---: | ---: | ---: | ---: |")
+    print("| batching | sequences x 784 steps | format | clients | requests | p50 ms | p99 ms | sequences/s |")  # fmt: skip
+    print("| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: |")
     for r in cases:
-        print(f"| {r['sequences']} | {r['format']} | {r['clients']} | {r['requests']} | "
+        print(f"| {r['batching']} | {r['sequences']} | {r['format']} | {r['clients']} | {r['requests']} | "
               f"{r['p50_ms']:.1f} | {r['p99_ms']:.1f} | {r['throughput_seq_per_s']:.1f} |")  # fmt: skip
     if args.json:
         forward_rows = [{"sequences": n, "threads": t, "ms": ms} for (n, t), ms in forward.items()]

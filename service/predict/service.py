@@ -264,6 +264,41 @@ class PredictTarget:
     lookup_key: tuple | None = None
 
 
+def _check_request(spec: JobSpec, inputs: Any, returns: list[str], spikes_layer: int, settings: Settings) -> np.ndarray:  # fmt: skip
+    x = parse_inputs(inputs, spec, max_sequences=settings.max_predict_sequences)
+    layers = 0 if spec.model.neuron == "lstm" else len(spec.model.hidden)
+    if "spikes" in returns and spikes_layer >= max(layers, 1):
+        raise Unprocessable(
+            f"spikes_layer={spikes_layer} but the model has {layers} spiking layer(s) "
+            f"(0..{max(layers - 1, 0)})",
+            loc=("body", "spikes_layer"),
+        )
+    return x
+
+
+def cached_target(
+    lookups: TTLCache | None,
+    user_id: str,
+    job_id: str,
+    *,
+    inputs: Any,
+    checkpoint: str,
+    returns: list[str],
+    spikes_layer: int,
+    settings: Settings,
+) -> PredictTarget | None:
+    """The target from `lookups` alone (no database), or None when something must be read."""
+    if lookups is None:
+        return None
+    spec = lookups.get(("spec", user_id, job_id))
+    ckpt_key = ("checkpoint", user_id, job_id, checkpoint)
+    found = lookups.get(ckpt_key)
+    if spec is None or found is None:
+        return None
+    x = _check_request(spec, inputs, returns, spikes_layer, settings)
+    return PredictTarget(job_id, spec, found[0], found[1], x, ckpt_key)
+
+
 def predict_target(
     session: Session,
     user: User,
@@ -288,14 +323,7 @@ def predict_target(
         spec = _spec_of(session, job)
         lookups.put(spec_key, spec)
     # Validate before touching the checkpoint: a bad payload is a 422 even on a job without one.
-    x = parse_inputs(inputs, spec, max_sequences=settings.max_predict_sequences)
-    layers = 0 if spec.model.neuron == "lstm" else len(spec.model.hidden)
-    if "spikes" in returns and spikes_layer >= max(layers, 1):
-        raise Unprocessable(
-            f"spikes_layer={spikes_layer} but the model has {layers} spiking layer(s) "
-            f"(0..{max(layers - 1, 0)})",
-            loc=("body", "spikes_layer"),
-        )
+    x = _check_request(spec, inputs, returns, spikes_layer, settings)
     ckpt_key = ("checkpoint", user.id, job_id, checkpoint)
     found = lookups.get(ckpt_key)
     if found is None:
