@@ -93,6 +93,9 @@ class Settings(BaseSettings):
     predict_batching: Literal["auto", "on", "off"] = "auto"
     predict_batch_wait_ms: float = Field(2.0, ge=0, le=1000)
     predict_max_batch_steps: int = Field(64 * 784, ge=1)
+    # Live job events (SSE): on PostgreSQL a stream wakes on LISTEN/NOTIFY (the appends notify
+    # at commit) instead of polling; off, or on SQLite, it polls every 0.5 s.
+    sse_listen_notify: bool = True
     # Bounded staleness of the per-process caches: a token revoked (or a new best checkpoint
     # registered) takes effect on this process within this many seconds; 0 turns caching off.
     auth_cache_ttl_s: float = Field(2.0, ge=0, le=60)
