@@ -56,6 +56,16 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def stop_process(proc: subprocess.Popen) -> None:
+    """SIGINT to the process group we started, SIGKILL after 30 s."""
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGINT)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
 class Served:
     """`celif serve` in a temp data dir; prints nothing of its own unless it fails."""
 
@@ -98,12 +108,7 @@ class Served:
         raise RuntimeError("celif serve did not come up:\n" + "".join(self.lines[-40:]))
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGINT)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
+        stop_process(self.proc)
 
 
 def train_small_job(client: httpx.Client, hidden: list[int]) -> str:
@@ -184,15 +189,20 @@ def run_case(
     headers = {"Authorization": f"Bearer {token}"}
     per_client = max(1, requests // clients)
 
+    started: list[float] = []
+    # The clock starts once every client has warmed up (counting the warm-ups' time but not
+    # their sequences would understate the throughput of many clients).
+    barrier = threading.Barrier(clients, action=lambda: started.append(time.perf_counter()))
+
     def worker(_: int) -> list[float]:
         with httpx.Client(base_url=url, headers=headers, timeout=600) as c:
             timed_predict(c, job_id, inputs, fmt)  # connection warm-up (not counted)
+            barrier.wait()
             return [timed_predict(c, job_id, inputs, fmt)[0] for _ in range(per_client)]
 
-    start = time.perf_counter()
     with ThreadPoolExecutor(clients) as pool:
         latencies = [t for batch in pool.map(worker, range(clients)) for t in batch]
-    wall = time.perf_counter() - start
+    wall = time.perf_counter() - started[0]
     n = len(inputs)
     return {
         "format": fmt,
@@ -235,12 +245,7 @@ class LocalServer:
         raise RuntimeError("the API did not come up")
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGINT)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
+        stop_process(self.proc)
 
 
 def in_process_forward(checkpoint: Path, inputs: list, *, threads: int, repeats: int) -> float:
