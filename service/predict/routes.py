@@ -49,7 +49,11 @@ Offset = Annotated[int, Query(ge=0, le=100_000, description="index of the first 
 
 def _body_errors(exc: ValidationError) -> RequestValidationError:
     return RequestValidationError(
-        [{**e, "loc": ("body", *e["loc"])} for e in exc.errors(include_url=False)]
+        # No `input`/`ctx`: an undecodable body's bytes could not be rendered as JSON.
+        [
+            {**e, "loc": ("body", *e["loc"])}
+            for e in exc.errors(include_url=False, include_input=False, include_context=False)
+        ]
     )
 
 

@@ -222,3 +222,14 @@ def test_batched_equals_unbatched_and_a_bad_request_fails_alone(
         assert strip(got.json()) == strip(r.json()), i
     assert ran < len(bodies)  # some were gathered into one forward
     runtime.pool.shutdown()
+
+
+def test_an_undecodable_json_body_is_a_422(pclient, db, psettings, trained):
+    job = make_job(db, psettings.storage_dir, trained["adding"])
+    r = pclient.post(
+        f"/api/v1/jobs/{job}/predict",
+        content=b"g\x11~\xea$\x8b]_M\x84{",
+        headers={"Content-Type": "application/json"},
+    )
+    assert r.status_code == 422, r.text
+    assert r.json()["detail"][0]["loc"] == ["body"]
