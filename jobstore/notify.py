@@ -79,19 +79,24 @@ class EventListener:
     def _run(self) -> None:
         import psycopg
 
+        delay = self._reconnect_s
         while not self._stop.is_set():
             try:
                 with psycopg.connect(self._conninfo, autocommit=True) as conn:
                     conn.execute(f"LISTEN {CHANNEL}")
                     self.connected.set()
+                    delay = self._reconnect_s
                     self._wake(None)  # anything sent while we were not listening
                     while not self._stop.is_set():
                         for note in conn.notifies(timeout=0.5):
                             self._wake(note.payload)
             except Exception as exc:  # lost connection: readers fall back to their slow poll
+                # Logged once per outage; retried with a backoff up to 30 s.
+                level = logging.WARNING if self.connected.is_set() or delay == self._reconnect_s else logging.DEBUG  # fmt: skip
                 self.connected.clear()
-                log.warning("event listener: %s; reconnecting", exc)
-                self._stop.wait(self._reconnect_s)
+                log.log(level, "event listener: %s; reconnecting", exc)
+                self._stop.wait(delay)
+                delay = min(2 * delay, 30.0)
         self.connected.clear()
 
     def stop(self) -> None:
