@@ -70,6 +70,21 @@ class StreamState:
         )
 
 
+# BLAS rounds a product of fewer rows differently (gemv and small-M kernels): those are padded
+# to this many zero rows, so a row's result never depends on how many rows it came with.
+MIN_GEMM_ROWS = 4
+
+
+def linear_rows(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``layer(x)`` for ``x [M, K]``, each row's result independent of M (see MIN_GEMM_ROWS):
+    the service's dynamic batching relies on it (a sequence's answer is the same alone or in a
+    batch)."""
+    m = x.shape[0]
+    if m >= MIN_GEMM_ROWS:
+        return layer(x)
+    return layer(torch.cat([x, x.new_zeros(MIN_GEMM_ROWS - m, x.shape[1])]))[:m]
+
+
 class CelifNetwork(nn.Module):
     """The network a `NetworkConfig` describes, composed of the `celif_core.neurons` modules.
     Build it with :func:`build_model`.
@@ -216,7 +231,7 @@ class CelifNetwork(nn.Module):
     def _current(self, layer: int, h: torch.Tensor) -> torch.Tensor:
         """The layer's synaptic current ``[T, B, N]``: one GEMM over all T*B rows of ``h``."""
         steps, batch = h.shape[0], h.shape[1]
-        current = self.synapses[layer](h.reshape(steps * batch, -1))
+        current = linear_rows(self.synapses[layer], h.reshape(steps * batch, -1))
         return current.reshape(steps, batch, self.hidden[layer])
 
     def _feedforward_layer(
@@ -246,11 +261,11 @@ class CelifNetwork(nn.Module):
         """Readout of a chunk ``h [T, B, N]`` given the state before it."""
         if self.config.readout == "mean":
             total = state.spike_sum + h.sum(0)  # (B, N)
-            return self.readout(total / (state.t + h.shape[0])), total
+            return linear_rows(self.readout, total / (state.t + h.shape[0])), total
         if self.config.readout == "last":
-            return self.readout(h[-1]), None
+            return linear_rows(self.readout, h[-1]), None
         steps, batch = h.shape[0], h.shape[1]
-        y = self.readout(h.reshape(steps * batch, -1)).reshape(steps, batch, -1)
+        y = linear_rows(self.readout, h.reshape(steps * batch, -1)).reshape(steps, batch, -1)
         return y.transpose(0, 1), None  # (B, T, out)
 
     def forward_chunk(

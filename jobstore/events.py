@@ -8,6 +8,8 @@ are serialised until commit, and their ids commit in order. Each transaction loc
 only, so this cannot deadlock.
 
 These functions add (or delete) rows and flush; the caller commits (one transaction per batch).
+On PostgreSQL an append also NOTIFYs the job's id, delivered at that commit (jobstore/notify.py):
+live SSE streams wake on it instead of polling.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from sqlalchemy import delete, insert, select
 from sqlalchemy.orm import Session
 
 from jobstore.db.models import JOB_STATES, Job, JobEvent, utcnow
+from jobstore.notify import notify_job_events
 
 
 def lock_job_events(session: Session, job_id: str) -> None:
@@ -50,6 +53,7 @@ def append_event(session: Session, job_id: str, kind: str, data: Mapping[str, An
     event = JobEvent(job_id=job_id, kind=kind, data=dict(data), time=utcnow())
     session.add(event)
     session.flush()
+    notify_job_events(session, job_id)  # delivered at commit (jobstore/notify.py)
     return event
 
 
@@ -77,6 +81,7 @@ def append_metric_points(session: Session, job_id: str, points: Iterable[Mapping
         return 0
     lock_job_events(session, job_id)
     session.execute(insert(JobEvent), rows)
+    notify_job_events(session, job_id)
     return len(rows)
 
 

@@ -78,6 +78,30 @@ class Settings(BaseSettings):
     max_streams_per_user: int = Field(8, ge=1)
     cors_origins: list[str] = Field(default_factory=list, description="CORS is off when empty")
 
+    # Serving (docs/predict.md "Serving under load"). Forward passes run on a dedicated pool of
+    # `predict_workers` threads, torch using `predict_torch_threads` intra-op threads (process
+    # wide); None derives both from the cores this process may use (workers x threads = cores),
+    # so concurrent requests never oversubscribe the CPU.
+    predict_workers: int | None = Field(None, ge=1, le=256)
+    predict_torch_threads: int | None = Field(None, ge=1, le=1024)
+    # Requests waiting for a worker beyond the running ones; one more is a 503 + Retry-After.
+    predict_queue_size: int = Field(32, ge=0)
+    predict_retry_after_s: int = Field(1, ge=1)
+    # Dynamic batching: concurrent requests for the same checkpoint and step count gathered
+    # for at most predict_batch_wait_ms, up to predict_max_batch_steps sequences x steps, run
+    # as one forward. "auto": on where it measured faster (CUDA); off on CPU, where the
+    # side-by-side benchmark (docs/benchmarks.md) showed no gain.
+    predict_batching: Literal["auto", "on", "off"] = "auto"
+    predict_batch_wait_ms: float = Field(2.0, ge=0, le=1000)
+    predict_max_batch_steps: int = Field(64 * 784, ge=1)
+    # Live job events (SSE): on PostgreSQL a stream wakes on LISTEN/NOTIFY (the appends notify
+    # at commit) instead of polling; off, or on SQLite, it polls every 0.5 s.
+    sse_listen_notify: bool = True
+    # Bounded staleness of the per-process caches: a token revoked (or a new best checkpoint
+    # registered) takes effect on this process within this many seconds; 0 turns caching off.
+    auth_cache_ttl_s: float = Field(2.0, ge=0, le=60)
+    predict_lookup_ttl_s: float = Field(2.0, ge=0, le=60)
+
     @model_validator(mode="after")
     def _fill_paths(self) -> Settings:
         if self.environment == "production":
@@ -125,6 +149,17 @@ class Settings(BaseSettings):
             max_parameters=self.max_parameters,
             max_eval_set_bytes=self.max_eval_set_bytes,
         )
+
+    @property
+    def predict_parallelism(self) -> tuple[int, int]:
+        """(workers, torch threads per worker) of the predict pool."""
+        import os
+
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
+        cores = max(1, cores or os.cpu_count() or 1)
+        workers = self.predict_workers or max(1, cores // (self.predict_torch_threads or 1))
+        threads = self.predict_torch_threads or max(1, cores // workers)
+        return workers, threads
 
     @property
     def broker_dir(self) -> Path:

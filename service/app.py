@@ -115,6 +115,16 @@ class _TooManyValues(HTTPException):
 PREDICT_PATH = re.compile(r"^/api/v1/jobs/[^/]+/(predict|streams/[^/]+/chunks)$")
 
 
+NPY_TYPE = b"application/x-npy"
+
+
+def _content_type(scope: Scope) -> bytes:
+    for name, value in scope.get("headers", []):
+        if name == b"content-type":
+            return value.split(b";")[0].strip().lower()
+    return b""
+
+
 class PredictValueLimitMiddleware:
     """422 for a predict or stream-chunk body holding more than `max_values` numbers, counted
     on the raw bytes as they arrive (values <= commas + 1), before any JSON is parsed."""
@@ -128,6 +138,7 @@ class PredictValueLimitMiddleware:
             scope["type"] != "http"
             or scope.get("method") != "POST"
             or not PREDICT_PATH.match(scope.get("path", ""))
+            or _content_type(scope) == NPY_TYPE  # binary: the NPY header is checked instead
         ):
             await self.app(scope, receive, send)
             return
@@ -201,7 +212,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             allow_origins=settings.cors_origins,
             allow_methods=["GET", "POST", "DELETE", "OPTIONS"],
             allow_headers=["Authorization", "Content-Type", "Idempotency-Key", "Last-Event-ID"],
-            expose_headers=["Location", "Idempotent-Replayed", "X-Checkpoint-SHA256"],
+            expose_headers=[
+                "Location",
+                "Idempotent-Replayed",
+                "Retry-After",
+                "X-Checkpoint-SHA256",
+                "X-Checkpoint-Id",
+                "X-Checkpoint-Step",
+                "X-Job-Id",
+                "X-Predict-Kind",
+                "X-Model-Cached",
+                "X-Elapsed-Ms",
+                "X-Firing-Rates",
+            ],  # fmt: skip
         )
     app.add_middleware(RejectNulMiddleware)
     app.add_middleware(SecurityHeadersMiddleware)  # on every response, refusals included

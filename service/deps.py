@@ -11,25 +11,29 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy import inspect
+from sqlalchemy.orm import Session, make_transient_to_detached, sessionmaker
 
 from jobstore.db.models import User
 from jobstore.db.session import get_sessionmaker, transaction
 from jobstore.settings import Settings
-from service.auth.service import verify_token
+from service.auth.service import hash_token, verify_token
 from service.errors import Unauthorized
+from service.ttlcache import TTLCache
 
 _bearer = HTTPBearer(auto_error=False, description="an API token (`celif token create`)")
 
 
-def get_app_settings(request: Request) -> Settings:
+# Cheap dependencies are `async def`: FastAPI runs a plain `def` one on the thread pool, and
+# each such hop costs the GIL and a wake-up of the event loop (docs/benchmarks.md, profile).
+async def get_app_settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
 SettingsDep = Annotated[Settings, Depends(get_app_settings)]
 
 
-def get_session_factory(settings: SettingsDep) -> sessionmaker[Session]:
+async def get_session_factory(settings: SettingsDep) -> sessionmaker[Session]:
     return get_sessionmaker(settings.database_url)
 
 
@@ -60,16 +64,68 @@ def end_unit_of_work(session: Session) -> None:
 SessionDep = Annotated[Session, Depends(get_session, scope="function")]
 
 
-def get_current_user(
-    session: SessionDep,
-    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
-) -> User:
+def token_cache(request: Request) -> TTLCache:
+    """The app's cache of verified tokens (sha256 -> a detached copy of the user), kept
+    `settings.auth_cache_ttl_s`: a token revoked elsewhere stops working within that bound."""
+    cache = getattr(request.app.state, "token_cache", None)
+    if cache is None:
+        cache = request.app.state.token_cache = TTLCache(
+            request.app.state.settings.auth_cache_ttl_s
+        )
+    return cache
+
+
+def _detached_copy(user: User) -> User:
+    copy = User(**{a.key: getattr(user, a.key) for a in inspect(User).column_attrs})
+    make_transient_to_detached(copy)
+    return copy
+
+
+BearerDep = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+
+
+def _token_of(credentials: HTTPAuthorizationCredentials | None) -> str:
     if credentials is None or credentials.scheme.lower() != "bearer":
         raise Unauthorized("missing bearer token: send 'Authorization: Bearer <token>'")
-    user = verify_token(session, credentials.credentials)
+    return credentials.credentials
+
+
+def cached_user(request: Request, credentials: HTTPAuthorizationCredentials | None) -> User | None:
+    """The token's user from the app's token cache (a detached copy, read-only), or None when
+    the token must be looked up in the database (`authenticate`)."""
+    return token_cache(request).get(hash_token(_token_of(credentials)))
+
+
+def authenticate(
+    request: Request, session: Session, credentials: HTTPAuthorizationCredentials | None
+) -> User:
+    """The token's user (401 when unknown or revoked), through the token cache."""
+    token = _token_of(credentials)
+    cache = token_cache(request)
+    digest = hash_token(token)
+    cached = cache.get(digest)
+    if cached is not None:
+        # Into this request's session without a query (the cached copy is never modified).
+        return session.merge(cached, load=False)
+    user = verify_token(session, token)
     if user is None:
         raise Unauthorized("invalid or revoked token")
+    cache.put(digest, _detached_copy(user))
     return user
+
+
+def authenticate_detached(
+    request: Request,
+    factory: sessionmaker[Session],
+    credentials: HTTPAuthorizationCredentials | None,
+) -> User:
+    """`authenticate` in a session of its own; the user as a detached, read-only copy."""
+    with transaction(factory) as session:
+        return _detached_copy(authenticate(request, session, credentials))
+
+
+def get_current_user(request: Request, session: SessionDep, credentials: BearerDep) -> User:
+    return authenticate(request, session, credentials)
 
 
 CurrentUser = Annotated[User, Depends(get_current_user, scope="function")]

@@ -5,6 +5,8 @@
 - `predict(loaded, x, ...)`: a batched forward under `torch.inference_mode`, turned into the JSON
   the API returns (per sequence: class and probabilities, regressed values or per-step outputs;
   per-layer firing rates; optionally the spike raster of one layer).
+- `InferencePool`: the dedicated executor of predict forwards (workers x torch threads sized to
+  the cores, bounded queue: `QueueFull` when it is full).
 - `StreamStore`: streaming sessions (in memory, TTL, bounded count) carrying the network's state
   across chunks; after the last chunk the prediction equals the one-shot one.
 - `te_similarity(loaded)`: cosine similarity between the TE vectors of every pair of timesteps
@@ -16,11 +18,13 @@ Everything here takes and returns numpy arrays or plain Python values; callers n
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -106,32 +110,36 @@ def _softmax(logits: np.ndarray) -> np.ndarray:
 
 
 def format_outputs(kind: str, output: np.ndarray, want_probs: bool) -> list[dict[str, Any]]:
-    """Per-sequence predictions from the readout `output` ([N, C] or [N, T, C])."""
-    results: list[dict[str, Any]] = []
-    if kind == "classification":
+    """Per-sequence predictions from the readout `output` ([N, C] or [N, T, C]): whole arrays
+    converted with `tolist()`, one dict per sequence (no per-element Python loop)."""
+    n = output.shape[0]
+    if kind in ("classification", "sequence"):
         probs = _softmax(output.astype(np.float64))
-        for i in range(output.shape[0]):
-            item: dict[str, Any] = {"class": int(probs[i].argmax())}
-            if want_probs:
-                item["probabilities"] = [float(p) for p in probs[i]]
-            results.append(item)
-    elif kind == "regression":
-        for i in range(output.shape[0]):
-            values = [float(v) for v in output[i].reshape(-1)]
-            results.append({"value": values[0] if len(values) == 1 else values})
-    elif kind == "sequence":
-        probs = _softmax(output.astype(np.float64))
-        for i in range(output.shape[0]):
-            item = {"classes": [int(c) for c in probs[i].argmax(-1)]}
-            if want_probs:
-                item["probabilities"] = probs[i].round(6).tolist()
-            results.append(item)
-    else:  # sequence_regression: one value per step
-        for i in range(output.shape[0]):
-            results.append(
-                {"values": [float(v) for v in output[i].reshape(output.shape[1], -1)[:, 0]]}
-            )
-    return results
+        key = "class" if kind == "classification" else "classes"
+        classes = probs.argmax(-1).tolist()
+        if not want_probs:
+            return [{key: c} for c in classes]
+        listed = (probs if kind == "classification" else probs.round(6)).tolist()
+        return [{key: c, "probabilities": p} for c, p in zip(classes, listed, strict=True)]
+    if kind == "regression":
+        values = output.reshape(n, -1)
+        if values.shape[1] == 1:
+            return [{"value": v} for v in values[:, 0].tolist()]
+        return [{"value": v} for v in values.tolist()]
+    # sequence_regression: one value per step
+    return [{"values": v} for v in output.reshape(n, output.shape[1], -1)[:, :, 0].tolist()]
+
+
+def output_array(kind: str, output: np.ndarray) -> np.ndarray:
+    """The predictions as one array (the NPY answer): probabilities [N, C] / [N, T, C] of a
+    classification / sequence task (float64, the JSON answer's values), regressed values
+    [N, D] (float32), per-step values [N, T] (float32)."""
+    n = output.shape[0]
+    if kind in ("classification", "sequence"):
+        return _softmax(output.astype(np.float64))
+    if kind == "regression":
+        return output.reshape(n, -1)
+    return output.reshape(n, output.shape[1], -1)[:, :, 0]
 
 
 def sparse_raster(spikes: np.ndarray) -> dict[str, Any]:
@@ -149,35 +157,202 @@ def num_spiking_layers(model: torch.nn.Module, spec: JobSpec) -> int:
     return 0 if spec.model.neuron == "lstm" else len(spec.model.hidden)
 
 
+def _response(
+    spec: JobSpec,
+    output: np.ndarray,
+    rates: list[float] | None,
+    spikes: list[torch.Tensor] | None,
+    *,
+    returns: frozenset[str],
+    spikes_layer: int,
+    as_array: bool,
+) -> dict[str, Any]:
+    body: dict[str, Any] = {"kind": spec.kind}
+    if as_array:
+        body["array"] = output_array(spec.kind, output)
+    else:
+        body["predictions"] = format_outputs(spec.kind, output, "probabilities" in returns)
+    if "firing_rates" in returns:
+        body["firing_rates"] = rates or []
+    if spikes and "spikes" in returns and not as_array:
+        raster = _pick_layer(spikes, spikes_layer).float().numpy()  # [N, T, neurons]
+        body["spikes"] = {
+            "layer": spikes_layer,
+            "rasters": [sparse_raster(raster[i]) for i in range(raster.shape[0])],
+        }
+    return body
+
+
 def predict(
     loaded: LoadedModel,
     x: np.ndarray,
     *,
     returns: frozenset[str] = frozenset(("probabilities", "firing_rates")),
     spikes_layer: int = 0,
+    as_array: bool = False,
 ) -> dict[str, Any]:
-    """One batched forward of `x` [N, T, F] (float32) and the JSON response body."""
+    """One batched forward of `x` [N, T, F] (float32) and the JSON response body (with
+    `as_array`, the predictions as one array under "array" instead: the NPY answer)."""
     spec = loaded.spec
-    want_spikes = "spikes" in returns and spec.model.neuron != "lstm"
+    want_spikes = "spikes" in returns and spec.model.neuron != "lstm" and not as_array
     with torch.inference_mode():
         xt = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
         # record_spikes=True records every layer for every sequence; one layer is returned.
         out = loaded.model.run(xt, record_spikes=want_spikes)
         output = out.output.float().numpy()
-    body: dict[str, Any] = {
-        "kind": spec.kind,
-        "predictions": format_outputs(spec.kind, output, "probabilities" in returns),
-    }
-    if "firing_rates" in returns:
-        body["firing_rates"] = [float(r) for r in (out.firing_rates or [])]
-    if want_spikes and out.spikes:
-        layer_spikes = _pick_layer(out.spikes, spikes_layer)
-        raster = layer_spikes.float().numpy()  # [N, T, neurons]
-        body["spikes"] = {
-            "layer": spikes_layer,
-            "rasters": [sparse_raster(raster[i]) for i in range(raster.shape[0])],
-        }
-    return body
+        rates = [float(r) for r in (out.firing_rates or [])]
+        return _response(
+            spec,
+            output,
+            rates,
+            out.spikes if want_spikes else None,
+            returns=returns,
+            spikes_layer=spikes_layer,
+            as_array=as_array,
+        )
+
+
+@dataclass(frozen=True)
+class PredictOptions:
+    returns: frozenset[str]
+    spikes_layer: int
+    as_array: bool
+
+
+def predict_many(
+    loaded: LoadedModel, xs: list[np.ndarray], options: list[PredictOptions]
+) -> list[dict[str, Any]]:
+    """Several requests' inputs (same T and F) as one forward, split back per request: the
+    same bodies as `predict` on each alone (the firing rates are counted over each request's
+    own rows: spike counts are integers, exact in float32)."""
+    spec = loaded.spec
+    spiking = spec.model.neuron != "lstm"
+    with torch.inference_mode():
+        xt = torch.from_numpy(np.ascontiguousarray(np.concatenate(xs), dtype=np.float32))
+        out = loaded.model.run(xt, record_spikes=spiking)
+        output = out.output.float().numpy()
+        bodies, start = [], 0
+        for x, opt in zip(xs, options, strict=True):
+            rows = slice(start, start + x.shape[0])
+            start = rows.stop
+            spikes = [s[rows] for s in out.spikes] if out.spikes else None
+            rates = [float(s.float().mean()) for s in spikes] if spikes else []
+            bodies.append(
+                _response(
+                    spec,
+                    output[rows],
+                    rates,
+                    spikes,
+                    returns=opt.returns,
+                    spikes_layer=opt.spikes_layer,
+                    as_array=opt.as_array,
+                )
+            )
+        return bodies
+
+
+class QueueFull(Exception):
+    """The predict pool's queue is full."""
+
+
+class InferencePool:
+    """The forward passes of the predict route: `workers` threads, torch limited to
+    `torch_threads` intra-op threads (process wide), at most `queue_size` requests waiting
+    beyond the running ones (`submit` raises `QueueFull` past that, at once)."""
+
+    def __init__(self, *, workers: int, torch_threads: int, queue_size: int) -> None:
+        torch.set_num_threads(torch_threads)
+        self.workers, self.torch_threads, self.queue_size = workers, torch_threads, queue_size
+        self._executor = ThreadPoolExecutor(workers, thread_name_prefix="predict")
+        self._slots = threading.BoundedSemaphore(workers + queue_size)
+
+    def submit(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Future:
+        if not self._slots.acquire(blocking=False):
+            raise QueueFull(
+                f"{self.workers} forward passes are running and {self.queue_size} waiting "
+                "(settings.predict_workers, settings.predict_queue_size)"
+            )
+        try:
+            future = self._executor.submit(fn, *args, **kwargs)
+        except BaseException:
+            self._slots.release()
+            raise
+        future.add_done_callback(lambda _: self._slots.release())
+        return future
+
+    async def run(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        return await asyncio.wrap_future(self.submit(fn, *args, **kwargs))
+
+    def shutdown(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+
+@dataclass
+class _Batch:
+    items: list[tuple[Any, asyncio.Future]] = field(default_factory=list)
+    steps: int = 0
+    flushed: bool = False
+
+
+class Batcher:
+    """Dynamic batching on the event loop: requests with the same key (checkpoint and step
+    count) arriving within `wait_s` of the first are run as one `runner(items)` call on the
+    pool, up to `max_steps` sequences x steps per batch (a full batch goes at once). A full
+    pool queue fails the batch's requests with `QueueFull`, like unbatched ones."""
+
+    def __init__(self, pool: InferencePool, *, wait_s: float, max_steps: int) -> None:
+        self.pool, self.wait_s, self.max_steps = pool, wait_s, max_steps
+        self._open: dict[Any, _Batch] = {}
+        self.batches = 0
+        self.batched_requests = 0
+
+    async def run(
+        self, key: Any, steps: int, item: Any, runner: Callable[[list[Any]], list[Any]]
+    ) -> Any:
+        loop = asyncio.get_running_loop()
+        batch = self._open.get(key)
+        if batch is not None and batch.steps + steps > self.max_steps:
+            self._flush(key, batch, runner)
+            batch = None
+        if batch is None:
+            batch = self._open[key] = _Batch()
+            loop.call_later(self.wait_s, self._flush, key, batch, runner)
+        future = loop.create_future()
+        batch.items.append((item, future))
+        batch.steps += steps
+        if batch.steps >= self.max_steps:
+            self._flush(key, batch, runner)
+        return await future
+
+    def _flush(self, key: Any, batch: _Batch, runner: Callable) -> None:
+        if batch.flushed:
+            return
+        batch.flushed = True
+        if self._open.get(key) is batch:
+            del self._open[key]
+        futures = [f for _, f in batch.items]
+        self.batches += 1
+        self.batched_requests += len(futures)
+        try:
+            done = self.pool.submit(runner, [item for item, _ in batch.items])
+        except QueueFull as exc:
+            for f in futures:
+                f.set_exception(QueueFull(str(exc)))
+            return
+        loop = asyncio.get_running_loop()
+        done.add_done_callback(lambda d: loop.call_soon_threadsafe(self._deliver, d, futures))
+
+    @staticmethod
+    def _deliver(done: Future, futures: list[asyncio.Future]) -> None:
+        exc = done.exception()
+        results = None if exc is not None else done.result()
+        for i, f in enumerate(futures):
+            if f.done():  # the request was cancelled (client gone)
+                continue
+            if exc is not None:
+                f.set_exception(exc)
+            else:
+                f.set_result(results[i])
 
 
 def _pick_layer(spikes: list[torch.Tensor] | torch.Tensor, layer: int) -> torch.Tensor:

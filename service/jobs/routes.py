@@ -154,6 +154,8 @@ def job_events(
             start,
             poll_s=getattr(state, "sse_poll_interval_s", sse.POLL_INTERVAL_S),
             keepalive_s=getattr(state, "sse_keepalive_s", sse.KEEPALIVE_S),
+            listener=sse.event_listener(state, state.settings),
+            fallback_s=getattr(state, "sse_notify_fallback_s", sse.NOTIFY_FALLBACK_S),
         ),
         media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},

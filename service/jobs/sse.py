@@ -3,12 +3,17 @@
 Events are read in pages by `id > cursor` (jobstore/events.py: ids of one job commit in order),
 framed as `id:`/`event:`/`data:`, resumed from `Last-Event-ID`, kept alive with comments, and
 ended with `event: end` once the job has finished and its last event was sent.
+
+Between reads a stream waits: on PostgreSQL for the job's NOTIFY (`jobstore.notify`; the wait
+is armed before each read, so a commit between the read and the wait still wakes it), with a
+slow poll (`NOTIFY_FALLBACK_S`) in case the listener's connection dropped; on SQLite it polls.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import threading
 import time
 from collections.abc import AsyncIterator
 
@@ -27,6 +32,31 @@ MAX_SEQ = 2**63 - 1
 POLL_INTERVAL_S = 0.5
 KEEPALIVE_S = 15.0
 BATCH = 500
+NOTIFY_FALLBACK_S = 5.0
+
+
+class Wakeup:
+    """An asyncio wake-up for one job's stream, set from the listener's thread."""
+
+    def __init__(self, listener, job_id: str) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._event = asyncio.Event()
+        self._unsubscribe = listener.subscribe(job_id, self._set)
+
+    def _set(self) -> None:
+        self._loop.call_soon_threadsafe(self._event.set)
+
+    def arm(self) -> None:
+        self._event.clear()
+
+    async def wait(self, timeout: float) -> None:
+        try:
+            await asyncio.wait_for(self._event.wait(), timeout)
+        except TimeoutError:
+            pass
+
+    def close(self) -> None:
+        self._unsubscribe()
 
 
 def parse_last_event_id(value: str | None) -> int:
@@ -52,23 +82,58 @@ def _read_batch(factory: sessionmaker[Session], job_id: str, after: int) -> tupl
 
 
 async def event_stream(
-    factory: sessionmaker[Session], job_id: str, after: int, *, poll_s: float, keepalive_s: float
+    factory: sessionmaker[Session],
+    job_id: str,
+    after: int,
+    *,
+    poll_s: float,
+    keepalive_s: float,
+    listener=None,
+    fallback_s: float = NOTIFY_FALLBACK_S,
 ) -> AsyncIterator[str]:
     yield "retry: 2000\n\n"
-    last_write = time.monotonic()
-    while True:
-        batch, status = await run_in_threadpool(_read_batch, factory, job_id, after)
-        for seq, kind, payload in batch:
-            yield f"id: {seq}\nevent: {kind}\ndata: {json.dumps(payload, allow_nan=False)}\n\n"
-            after = seq
-        if batch:
-            last_write = time.monotonic()
-        if status is None or (status in TERMINAL_STATES and len(batch) < BATCH):
-            yield f"event: end\ndata: {json.dumps({'status': status})}\n\n"
-            return
-        if len(batch) == BATCH:
-            continue  # more backlog: no sleep
-        if time.monotonic() - last_write >= keepalive_s:
-            yield ": keepalive\n\n"
-            last_write = time.monotonic()
-        await asyncio.sleep(poll_s)
+    wakeup = Wakeup(listener, job_id) if listener is not None else None
+    try:
+        last_write = time.monotonic()
+        while True:
+            if wakeup is not None:
+                wakeup.arm()
+            batch, status = await run_in_threadpool(_read_batch, factory, job_id, after)
+            for seq, kind, payload in batch:
+                yield f"id: {seq}\nevent: {kind}\ndata: {json.dumps(payload, allow_nan=False)}\n\n"
+                after = seq
+            if batch:
+                last_write = time.monotonic()
+            if status is None or (status in TERMINAL_STATES and len(batch) < BATCH):
+                yield f"event: end\ndata: {json.dumps({'status': status})}\n\n"
+                return
+            if len(batch) == BATCH:
+                continue  # more backlog: no sleep
+            if time.monotonic() - last_write >= keepalive_s:
+                yield ": keepalive\n\n"
+                last_write = time.monotonic()
+            if wakeup is None:
+                await asyncio.sleep(poll_s)
+            else:
+                await wakeup.wait(min(keepalive_s, fallback_s))
+    finally:
+        if wakeup is not None:
+            wakeup.close()
+
+
+_LISTENER_LOCK = threading.Lock()
+
+
+def event_listener(state, settings):
+    """The app's `EventListener` (PostgreSQL with `settings.sse_listen_notify`), else None."""
+    from jobstore.notify import EventListener, supports_notify
+
+    if not (settings.sse_listen_notify and supports_notify(settings.database_url)):
+        return None
+    listener = getattr(state, "event_listener", None)
+    if listener is None:
+        with _LISTENER_LOCK:
+            listener = getattr(state, "event_listener", None)
+            if listener is None:
+                listener = state.event_listener = EventListener(settings.database_url)
+    return listener

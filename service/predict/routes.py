@@ -3,11 +3,24 @@
 from __future__ import annotations
 
 import time
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Query, Request, Response, status
+from fastapi.exceptions import RequestValidationError
+from pydantic import ValidationError
+from starlette.concurrency import run_in_threadpool
 
-from service.deps import CurrentUser, SessionDep, SettingsDep, end_unit_of_work
+from jobstore.db.session import get_sessionmaker, transaction
+from jobstore.settings import Settings
+from service.deps import (
+    BearerDep,
+    CurrentUser,
+    SessionDep,
+    SettingsDep,
+    authenticate_detached,
+    cached_user,
+    end_unit_of_work,
+)
 from service.jobs.service import get_owned_job
 from service.predict import service
 from service.predict.schemas import (
@@ -24,7 +37,7 @@ from service.predict.schemas import (
 router = APIRouter(prefix="/api/v1", tags=["predict"])
 
 
-def get_runtime(request: Request, settings: SettingsDep) -> service.Runtime:
+async def get_runtime(request: Request, settings: SettingsDep) -> service.Runtime:
     return service.get_runtime(request.app.state, settings)
 
 
@@ -34,31 +47,124 @@ Count = Annotated[int, Query(ge=1, le=service.MAX_SAMPLES, description="how many
 Offset = Annotated[int, Query(ge=0, le=100_000, description="index of the first sequence")]
 
 
-@router.post("/jobs/{job_id}/predict", response_model=PredictResponse)
-def predict(
+def _body_errors(exc: ValidationError) -> RequestValidationError:
+    return RequestValidationError(
+        # No `input`/`ctx`: an undecodable body's bytes could not be rendered as JSON.
+        [
+            {**e, "loc": ("body", *e["loc"])}
+            for e in exc.errors(include_url=False, include_input=False, include_context=False)
+        ]
+    )
+
+
+async def read_predict_request(request: Request, settings: Settings) -> PredictRequest:
+    """The body: JSON (`PredictRequest`), or `application/x-npy` holding `inputs` with the
+    other fields as query parameters (`checkpoint`, `return` repeated, `spikes_layer`)."""
+    raw = await request.body()
+    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    try:
+        if ctype == service.NPY:
+            query = request.query_params
+            fields: dict[str, Any] = {"inputs": service.load_npy(raw, max_values=settings.max_predict_values)}  # fmt: skip
+            if "checkpoint" in query:
+                fields["checkpoint"] = query["checkpoint"]
+            if "return" in query:
+                fields["return"] = query.getlist("return")
+            if "spikes_layer" in query:
+                fields["spikes_layer"] = query["spikes_layer"]
+            return PredictRequest.model_validate(fields)
+        return PredictRequest.model_validate_json(raw)
+    except ValidationError as exc:
+        raise _body_errors(exc) from None
+
+
+def wants_npy(request: Request) -> bool:
+    return service.NPY in request.headers.get("accept", "").lower()
+
+
+def npy_response(result: dict) -> Response:
+    ckpt = result["checkpoint"]
+    headers = {
+        "X-Job-Id": result["job_id"],
+        "X-Checkpoint-Id": ckpt["id"],
+        "X-Checkpoint-Step": str(ckpt["step"]),
+        "X-Checkpoint-SHA256": ckpt["sha256"],
+        "X-Predict-Kind": result["kind"],
+        "X-Model-Cached": "true" if result["cached"] else "false",
+        "X-Elapsed-Ms": str(result["elapsed_ms"]),
+    }
+    if result.get("firing_rates") is not None:
+        headers["X-Firing-Rates"] = ",".join(repr(r) for r in result["firing_rates"])
+    return Response(service.npy_bytes(result["array"]), media_type=service.NPY, headers=headers)
+
+
+PREDICT_BODY_DOC = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {"schema": PredictRequest.model_json_schema(by_alias=True)},
+            service.NPY: {
+                "schema": {"type": "string", "format": "binary"},
+                "description": "`inputs` as an NPY array; `checkpoint`, `return`, "
+                "`spikes_layer` as query parameters",
+            },
+        },
+    }
+}
+
+
+@router.post(
+    "/jobs/{job_id}/predict",
+    response_model=PredictResponse,
+    openapi_extra=PREDICT_BODY_DOC,
+    responses={
+        200: {"content": {service.NPY: {}}, "description": "JSON, or NPY on `Accept`"},
+        503: {"description": "the predict queue is full (`Retry-After`)"},
+    },
+)
+async def predict(
     job_id: str,
-    body: PredictRequest,
-    session: SessionDep,
-    user: CurrentUser,
+    request: Request,
+    credentials: BearerDep,
     settings: SettingsDep,
     runtime: RuntimeDep,
-) -> dict:
+) -> Any:
+    """No thread hop when the token and the job's lookups are cached (their TTLs bound the
+    staleness); otherwise one, for the database reads; then the forward on the predict pool."""
     started = time.perf_counter()
+    user = cached_user(request, credentials)  # a 401 at once without a bearer token
+    factory = get_sessionmaker(settings.database_url)
+    if user is None:
+        user = await run_in_threadpool(authenticate_detached, request, factory, credentials)
+    body = await read_predict_request(request, settings)
     returns = list(body.return_)
-    target = service.predict_target(
-        session,
-        user,
-        job_id,
+    fields = dict(
         inputs=body.inputs,
         checkpoint=body.checkpoint,
         returns=returns,
         spikes_layer=body.spikes_layer,
         settings=settings,
     )
-    end_unit_of_work(session)  # the forward pass reads no database
-    return service.predict(
-        target, returns=returns, spikes_layer=body.spikes_layer, runtime=runtime, started=started
+    target = service.cached_target(runtime.lookups, user.id, job_id, **fields)
+    if target is None:
+
+        def read_target() -> service.PredictTarget:
+            with transaction(factory) as session:
+                return service.predict_target(
+                    session, user, job_id, lookups=runtime.lookups, **fields
+                )
+
+        target = await run_in_threadpool(read_target)
+    as_array = wants_npy(request)
+    result = await service.run_predict(
+        target,
+        runtime=runtime,
+        returns=returns,
+        spikes_layer=body.spikes_layer,
+        started=started,
+        as_array=as_array,
     )
+    return npy_response(result) if as_array else result
 
 
 @router.post(

@@ -21,8 +21,9 @@ from celif_core.spec import NO_LIMITS, JobSpec, SpecError, validate_spec
 from jobstore.datasets import job_dataset_error
 from jobstore.db.models import Checkpoint, Job, User
 from jobstore.settings import Settings
-from service.errors import NotFound, ServiceError, Unprocessable
+from service.errors import NotFound, ServiceError, ServiceUnavailable, Unprocessable
 from service.jobs.service import get_owned_job, resolve_checkpoint
+from service.ttlcache import TTLCache
 
 # Tasks whose networks were trained on one sequence length; others (adding) generalise to any T
 # up to the TE table (CE-LIF) or MAX_FREE_STEPS.
@@ -37,15 +38,28 @@ class TooManyStreams(ServiceError):
     default_message = "too many open streams"
 
 
+NPY = "application/x-npy"
+
+
 @dataclass
 class Runtime:
-    """Per-app inference state: the model cache and the open streams."""
+    """Per-app inference state: the model cache, the open streams, the predict pool and the
+    predict lookups (job spec, checkpoint row) cached `settings.predict_lookup_ttl_s`."""
 
     cache: Any
     streams: Any
+    pool: Any = None
+    lookups: TTLCache | None = None
+    retry_after_s: int = 1
+    batcher: Any = None  # inference.Batcher when dynamic batching is on
 
 
 _RUNTIME_LOCK = threading.Lock()
+
+
+def batching_enabled(settings: Settings) -> bool:
+    # The API loads models on the CPU (inference.ModelCache): "auto" is off there.
+    return settings.predict_batching == "on"
 
 
 def get_runtime(state: Any, settings: Settings) -> Runtime:
@@ -57,6 +71,7 @@ def get_runtime(state: Any, settings: Settings) -> Runtime:
             if runtime is None:
                 from service import inference
 
+                workers, threads = settings.predict_parallelism
                 runtime = Runtime(
                     cache=inference.ModelCache(settings.model_cache_size),
                     streams=inference.StreamStore(
@@ -64,7 +79,20 @@ def get_runtime(state: Any, settings: Settings) -> Runtime:
                         max_streams=settings.max_streams,
                         max_per_user=settings.max_streams_per_user,
                     ),
+                    pool=inference.InferencePool(
+                        workers=workers,
+                        torch_threads=threads,
+                        queue_size=settings.predict_queue_size,
+                    ),
+                    lookups=TTLCache(settings.predict_lookup_ttl_s),
+                    retry_after_s=settings.predict_retry_after_s,
                 )
+                if batching_enabled(settings):
+                    runtime.batcher = inference.Batcher(
+                        runtime.pool,
+                        wait_s=settings.predict_batch_wait_ms / 1000,
+                        max_steps=settings.predict_max_batch_steps,
+                    )
                 state.inference_runtime = runtime
     return runtime
 
@@ -147,6 +175,43 @@ def parse_inputs(
     return x
 
 
+def load_npy(raw: bytes, *, max_values: int) -> np.ndarray:
+    """An `application/x-npy` body as an array, numpy only and never a pickle: the header is
+    read first (version 1.0/2.0, a numeric dtype, at most `max_values` values, the data's
+    length), then `np.load(allow_pickle=False)`. Anything else is a 422."""
+    from numpy.lib import format as npy_format
+
+    buf = io.BytesIO(raw)
+    try:
+        version = npy_format.read_magic(buf)
+        if version == (1, 0):
+            shape, _, dtype = npy_format.read_array_header_1_0(buf)
+        elif version == (2, 0):
+            shape, _, dtype = npy_format.read_array_header_2_0(buf)
+        else:
+            raise ValueError(f"NPY format version {version} is not accepted (1.0 or 2.0)")
+    except ValueError as exc:
+        raise _refuse(f"the body is not a valid NPY array: {exc}") from None
+    if dtype.kind not in "iuf" or dtype.hasobject:
+        raise _refuse(f"NPY inputs must be integers or floats; got dtype {dtype.str!r}")
+    count = int(np.prod(shape, dtype=np.int64)) if shape else 1
+    if count >= max_values:
+        raise _refuse(
+            f"the body holds more than {max_values} values (settings.max_predict_values); "
+            "send fewer sequences per request"
+        )
+    if len(raw) - buf.tell() != count * dtype.itemsize:
+        raise _refuse(
+            f"the NPY body's data is {len(raw) - buf.tell()} bytes; its header {list(shape)} "
+            f"{dtype.str} needs {count * dtype.itemsize}"
+        )
+    buf.seek(0)
+    try:
+        return np.load(buf, allow_pickle=False)
+    except ValueError as exc:
+        raise _refuse(f"the body is not a valid NPY array: {exc}") from None
+
+
 def _spec_of(session: Session, job: Job) -> JobSpec:
     """The job's stored spec, if its owner may still read the data it names (another user's
     dataset is a 404 exactly like a missing one)."""
@@ -157,11 +222,11 @@ def _spec_of(session: Session, job: Job) -> JobSpec:
     return validate_spec(job.spec, limits=NO_LIMITS)
 
 
-def _checkpoint_ref(ckpt: Checkpoint) -> dict[str, Any]:
+def _checkpoint_ref(ckpt: Checkpoint | CheckpointInfo) -> dict[str, Any]:
     return {"id": ckpt.id, "step": ckpt.step, "sha256": ckpt.sha256}
 
 
-def _load(runtime: Runtime, ckpt: Checkpoint, path: Path) -> tuple[Any, bool]:
+def _load(runtime: Runtime, ckpt: Checkpoint | CheckpointInfo, path: Path) -> tuple[Any, bool]:
     cached = ckpt.sha256 in runtime.cache
     return runtime.cache.get(ckpt.sha256, path), cached
 
@@ -177,6 +242,15 @@ def _resolve(
 
 # ----------------------------------------------------------------------------- predict
 @dataclass(frozen=True)
+class CheckpointInfo:
+    """What a predict answer needs of a checkpoint row (cached across requests)."""
+
+    id: str
+    step: int
+    sha256: str
+
+
+@dataclass(frozen=True)
 class PredictTarget:
     """What a predict request read from the database: the job's spec, the checkpoint and its
     file. The forward pass that follows needs no database (the route ends the unit of work
@@ -184,9 +258,45 @@ class PredictTarget:
 
     job_id: str
     spec: JobSpec
-    checkpoint: Checkpoint
+    checkpoint: CheckpointInfo
     path: Path
     inputs: Any  # parsed, validated [N, T, input_size] array
+    lookup_key: tuple | None = None
+
+
+def _check_request(spec: JobSpec, inputs: Any, returns: list[str], spikes_layer: int, settings: Settings) -> np.ndarray:  # fmt: skip
+    x = parse_inputs(inputs, spec, max_sequences=settings.max_predict_sequences)
+    layers = 0 if spec.model.neuron == "lstm" else len(spec.model.hidden)
+    if "spikes" in returns and spikes_layer >= max(layers, 1):
+        raise Unprocessable(
+            f"spikes_layer={spikes_layer} but the model has {layers} spiking layer(s) "
+            f"(0..{max(layers - 1, 0)})",
+            loc=("body", "spikes_layer"),
+        )
+    return x
+
+
+def cached_target(
+    lookups: TTLCache | None,
+    user_id: str,
+    job_id: str,
+    *,
+    inputs: Any,
+    checkpoint: str,
+    returns: list[str],
+    spikes_layer: int,
+    settings: Settings,
+) -> PredictTarget | None:
+    """The target from `lookups` alone (no database), or None when something must be read."""
+    if lookups is None:
+        return None
+    spec = lookups.get(("spec", user_id, job_id))
+    ckpt_key = ("checkpoint", user_id, job_id, checkpoint)
+    found = lookups.get(ckpt_key)
+    if spec is None or found is None:
+        return None
+    x = _check_request(spec, inputs, returns, spikes_layer, settings)
+    return PredictTarget(job_id, spec, found[0], found[1], x, ckpt_key)
 
 
 def predict_target(
@@ -199,20 +309,29 @@ def predict_target(
     returns: list[str],
     spikes_layer: int,
     settings: Settings,
+    lookups: TTLCache | None = None,
 ) -> PredictTarget:
-    job = get_owned_job(session, user, job_id)
-    spec = _spec_of(session, job)
+    """The request's target. With `lookups`, the job's spec (per user and job) and the
+    checkpoint `checkpoint` names (per user, job and ref) are reused for the cache's TTL: a
+    new best checkpoint, or a job's owner losing it, takes effect within that bound."""
+    lookups = lookups if lookups is not None else TTLCache(0)
+    spec_key = ("spec", user.id, job_id)
+    job = None
+    spec = lookups.get(spec_key)
+    if spec is None:
+        job = get_owned_job(session, user, job_id)
+        spec = _spec_of(session, job)
+        lookups.put(spec_key, spec)
     # Validate before touching the checkpoint: a bad payload is a 422 even on a job without one.
-    x = parse_inputs(inputs, spec, max_sequences=settings.max_predict_sequences)
-    layers = 0 if spec.model.neuron == "lstm" else len(spec.model.hidden)
-    if "spikes" in returns and spikes_layer >= max(layers, 1):
-        raise Unprocessable(
-            f"spikes_layer={spikes_layer} but the model has {layers} spiking layer(s) "
-            f"(0..{max(layers - 1, 0)})",
-            loc=("body", "spikes_layer"),
-        )
-    ckpt, path = resolve_checkpoint(session, job, checkpoint, storage_dir=settings.storage_dir)
-    return PredictTarget(job_id, spec, ckpt, path, x)
+    x = _check_request(spec, inputs, returns, spikes_layer, settings)
+    ckpt_key = ("checkpoint", user.id, job_id, checkpoint)
+    found = lookups.get(ckpt_key)
+    if found is None:
+        job = job or get_owned_job(session, user, job_id)
+        ckpt, path = resolve_checkpoint(session, job, checkpoint, storage_dir=settings.storage_dir)
+        found = (CheckpointInfo(ckpt.id, ckpt.step, ckpt.sha256), path)
+        lookups.put(ckpt_key, found)
+    return PredictTarget(job_id, spec, found[0], found[1], x, ckpt_key)
 
 
 def predict(
@@ -222,12 +341,21 @@ def predict(
     spikes_layer: int,
     runtime: Runtime,
     started: float,
+    as_array: bool = False,
 ) -> dict[str, Any]:
     from service import inference
 
-    loaded, cached = _load(runtime, target.checkpoint, target.path)
+    try:
+        loaded, cached = _load(runtime, target.checkpoint, target.path)
+    except FileNotFoundError:
+        # The cached lookup named a file that retention has since deleted: look again.
+        raise _replaced(runtime, target) from None
     body = inference.predict(
-        loaded, target.inputs, returns=frozenset(returns), spikes_layer=spikes_layer
+        loaded,
+        target.inputs,
+        returns=frozenset(returns),
+        spikes_layer=spikes_layer,
+        as_array=as_array,
     )
     return {
         "job_id": target.job_id,
@@ -236,6 +364,83 @@ def predict(
         "cached": cached,
         "elapsed_ms": round((time.perf_counter() - started) * 1000, 3),
     }
+
+
+def batchable(spec: JobSpec) -> bool:
+    """Feedforward spiking networks only: each of their matmuls has T x B rows, so a row's
+    result does not depend on the batch (celif_core.models.linear_rows); recurrent layers and
+    the LSTM multiply B rows per step, where BLAS rounding does depend on B."""
+    return spec.model.neuron != "lstm" and spec.model.architecture == "feedforward"
+
+
+def predict_batch(items: list[tuple[PredictTarget, dict[str, Any]]], runtime: Runtime) -> list:
+    """Requests gathered by the batcher (same checkpoint, same T): one forward, one answer
+    (the same as `predict` would give) per request."""
+    from service import inference
+
+    target0 = items[0][0]
+    try:
+        loaded, cached = _load(runtime, target0.checkpoint, target0.path)
+    except FileNotFoundError:
+        return [_replaced(runtime, target0) for _ in items]
+    options = [
+        inference.PredictOptions(frozenset(kw["returns"]), kw["spikes_layer"], kw["as_array"])
+        for _, kw in items
+    ]
+    bodies = inference.predict_many(loaded, [t.inputs for t, _ in items], options)
+    return [
+        {
+            "job_id": target.job_id,
+            "checkpoint": _checkpoint_ref(target.checkpoint),
+            **body,
+            "cached": cached,
+            "elapsed_ms": round((time.perf_counter() - kw["started"]) * 1000, 3),
+        }
+        for (target, kw), body in zip(items, bodies, strict=True)
+    ]
+
+
+def _replaced(runtime: Runtime, target: PredictTarget) -> ServiceUnavailable:
+    if runtime.lookups is not None and target.lookup_key is not None:
+        runtime.lookups.discard(target.lookup_key)
+    return ServiceUnavailable(
+        "the checkpoint was replaced while this request ran; retry",
+        headers={"Retry-After": str(runtime.retry_after_s)},
+    )
+
+
+async def run_predict(target: PredictTarget, *, runtime: Runtime, **kwargs: Any) -> dict:
+    """`predict` on the runtime's pool (off the event loop), or gathered with concurrent
+    requests of the same checkpoint and step count by the batcher; a full queue is a 503 with
+    `Retry-After` at once, instead of an unbounded wait."""
+    from service import inference
+
+    try:
+        if runtime.batcher is None or not batchable(target.spec):
+            result = await runtime.pool.run(predict, target, runtime=runtime, **kwargs)
+        else:
+            x = target.inputs
+            key = (target.checkpoint.sha256, x.shape[1], x.shape[2])
+            result = await runtime.batcher.run(
+                key,
+                x.shape[0] * x.shape[1],
+                (target, kwargs),
+                lambda items: predict_batch(items, runtime),
+            )
+    except inference.QueueFull as exc:
+        raise ServiceUnavailable(
+            f"the predict queue is full: {exc}; retry later",
+            headers={"Retry-After": str(runtime.retry_after_s)},
+        ) from None
+    if isinstance(result, ServiceError):
+        raise result
+    return result
+
+
+def npy_bytes(array: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, np.ascontiguousarray(array), allow_pickle=False)
+    return buf.getvalue()
 
 
 # ----------------------------------------------------------------------------- streams
