@@ -196,8 +196,15 @@ def feed_chunk(
 ) -> dict:
     get_owned_job(session, user, job_id)
     end_unit_of_work(session)
-    return service.feed_chunk(
-        user, job_id, stream_id, inputs=body.inputs, settings=settings, runtime=runtime
+    return service.on_pool(
+        runtime,
+        service.feed_chunk,
+        user,
+        job_id,
+        stream_id,
+        inputs=body.inputs,
+        settings=settings,
+        runtime=runtime,
     )
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -409,6 +410,25 @@ def _replaced(runtime: Runtime, target: PredictTarget) -> ServiceUnavailable:
     )
 
 
+def _queue_full(exc: Exception, runtime: Runtime) -> ServiceUnavailable:
+    return ServiceUnavailable(
+        f"the predict queue is full: {exc}; retry later",
+        headers={"Retry-After": str(runtime.retry_after_s)},
+    )
+
+
+def on_pool(pool_of: Runtime, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """Run a forward (a stream's chunk) on the predict pool from a request thread and wait for
+    it: the same torch thread budget and bounded queue as /predict."""
+    from service import inference
+
+    try:
+        future = pool_of.pool.submit(fn, *args, **kwargs)
+    except inference.QueueFull as exc:
+        raise _queue_full(exc, pool_of) from None
+    return future.result()
+
+
 async def run_predict(target: PredictTarget, *, runtime: Runtime, **kwargs: Any) -> dict:
     """`predict` on the runtime's pool (off the event loop), or gathered with concurrent
     requests of the same checkpoint and step count by the batcher; a full queue is a 503 with
@@ -428,10 +448,7 @@ async def run_predict(target: PredictTarget, *, runtime: Runtime, **kwargs: Any)
                 lambda items: predict_batch(items, runtime),
             )
     except inference.QueueFull as exc:
-        raise ServiceUnavailable(
-            f"the predict queue is full: {exc}; retry later",
-            headers={"Retry-After": str(runtime.retry_after_s)},
-        ) from None
+        raise _queue_full(exc, runtime) from None
     if isinstance(result, ServiceError):
         raise result
     return result

@@ -127,16 +127,23 @@ def test_a_full_predict_queue_is_503_with_retry_after(db, psettings, trained, to
         ) as c,
     ):
         assert c.post(f"/api/v1/jobs/{job}/predict", json=x).status_code == 200
+        stream = c.post(f"/api/v1/jobs/{job}/streams", json={}).json()["stream_id"]
+        chunk = f"/api/v1/jobs/{job}/streams/{stream}/chunks"
         busy = runtime.pool.submit(release.wait, 60)  # the only worker, and no queue
         try:
             r = c.post(f"/api/v1/jobs/{job}/predict", json=x)
             assert r.status_code == 503, r.text
             assert int(r.headers["Retry-After"]) == settings.predict_retry_after_s
             assert "settings.predict_queue_size" in r.json()["detail"]
+            # A stream's chunk runs its forward on the same pool: refused the same way.
+            r = c.post(chunk, json={"inputs": np.zeros((1, 4, 2)).tolist()})
+            assert r.status_code == 503, r.text
+            assert int(r.headers["Retry-After"]) == settings.predict_retry_after_s
         finally:
             release.set()
         busy.result(10)
         assert c.post(f"/api/v1/jobs/{job}/predict", json=x).status_code == 200
+        assert c.post(chunk, json={"inputs": np.zeros((1, 4, 2)).tolist()}).status_code == 200
     runtime.pool.shutdown()
 
 
