@@ -11,7 +11,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import httpx
 import pytest
 from selenium import webdriver
 from selenium.webdriver.common.action_chains import ActionChains
@@ -326,14 +325,14 @@ def test_dashboard_end_to_end(browser, tmp_path, trained):
         assert d.find_element(By.ID, "job-lineage").text == ""
 
         # A run continued from that job's checkpoint links back to it (its curve starts there).
-        auth = {"Authorization": f"Bearer {srv.token}"}
-        source = httpx.get(f"{srv.url}/api/v1/jobs/{mnist_job}", headers=auth).json()
-        longer = {**source["spec"]["training"], "max_steps": source["spec"]["training"]["max_steps"] + 1}  # fmt: skip
-        body = {**source["spec"], "training": longer, "init_from": {"job": mnist_job}}
-        r = httpx.post(f"{srv.url}/api/v1/jobs", json=body, headers=auth, timeout=60)
-        assert r.status_code == 201, r.text
-        continued = r.json()["id"]
-        httpx.post(f"{srv.url}/api/v1/jobs/{continued}/cancel", headers=auth, timeout=60)
+        # (Registered as the API stores one, without a worker training it meanwhile.)
+        db_url = f"sqlite:///{(data / 'celif.db').resolve()}"
+        continued = make_job(
+            db_url, data / "storage", trained["seq_mnist"], owner="admin", with_checkpoint=False
+        )
+        with session_scope(db_url) as session:
+            row = session.get(Job, continued)
+            row.spec = {**row.spec, "init_from": {"job": mnist_job, "checkpoint": "latest"}}
         d.get(f"{srv.url}/#/jobs/{continued}")
         lineage = _wait(
             d, lambda d: d.find_element(By.ID, "job-lineage").text, 30, "the continued run's source"
@@ -344,7 +343,6 @@ def test_dashboard_end_to_end(browser, tmp_path, trained):
         assert href.endswith(f"#/jobs/{mnist_job}")
 
         # A job that failed before any metric: its plot says so (not "waiting for metrics").
-        db_url = f"sqlite:///{(data / 'celif.db').resolve()}"
         failed_job = make_job(
             db_url, data / "storage", trained["adding"], owner="admin", with_checkpoint=False
         )
