@@ -13,6 +13,31 @@ from sqlalchemy.orm import Session, sessionmaker
 log = logging.getLogger(__name__)
 
 
+# A client host that drops off the network inside a transaction (a worker between the UPDATE and
+# the COMMIT of a metric flush) keeps its row locks on the server until the server notices the
+# connection is dead: with the kernel's keepalive defaults, over two hours, during which the
+# reaper's re-queue of that job and every claim of it wait on the lock. These ask the server to
+# probe an idle client after 10 s and give up after 3 unanswered probes 5 s apart, and to drop a
+# connection whose sent data stays unacknowledged for 25 s: a vanished host's locks are released
+# within ~25 s, less than the default `stale_after_s` (30). A live client answers probes in its
+# kernel, so a long idle connection (an SSE stream's LISTEN) is not affected. The same values
+# on the client side let a cut-off host's own connections fail instead of hanging.
+KEEPALIVE_IDLE_S, KEEPALIVE_INTERVAL_S, KEEPALIVE_COUNT = 10, 5, 3
+_USER_TIMEOUT_MS = (KEEPALIVE_IDLE_S + KEEPALIVE_INTERVAL_S * KEEPALIVE_COUNT) * 1000
+POSTGRES_KEEPALIVE = {
+    "options": (
+        f"-c tcp_keepalives_idle={KEEPALIVE_IDLE_S} "
+        f"-c tcp_keepalives_interval={KEEPALIVE_INTERVAL_S} "
+        f"-c tcp_keepalives_count={KEEPALIVE_COUNT} -c tcp_user_timeout={_USER_TIMEOUT_MS}"
+    ),
+    "keepalives": 1,
+    "keepalives_idle": KEEPALIVE_IDLE_S,
+    "keepalives_interval": KEEPALIVE_INTERVAL_S,
+    "keepalives_count": KEEPALIVE_COUNT,
+    "tcp_user_timeout": _USER_TIMEOUT_MS,
+}
+
+
 @lru_cache
 def get_engine(url: str) -> Engine:
     if url.startswith("sqlite"):
@@ -27,7 +52,9 @@ def get_engine(url: str) -> Engine:
             cur.close()
 
         return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+    return create_engine(
+        url, pool_pre_ping=True, pool_size=10, max_overflow=20, connect_args=POSTGRES_KEEPALIVE
+    )
 
 
 @lru_cache

@@ -12,7 +12,7 @@ import signal
 import subprocess
 import sys
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -100,28 +100,34 @@ def fresh_database(prefix: str) -> Iterator[str]:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
+def stack_env(database_url: str, broker_url: str, data_dir: Path) -> dict[str, str]:
+    """The environment of the API and worker subprocesses: short lease timings, so a lost
+    worker's job is re-queued within seconds."""
+    return {
+        **os.environ,
+        "PYTHONPATH": str(REPO),
+        "CELIF_ENVIRONMENT": "development",
+        "CELIF_DATA_DIR": str(data_dir),
+        "CELIF_DATABASE_URL": database_url,
+        "CELIF_BROKER_URL": broker_url,
+        "CELIF_HEARTBEAT_INTERVAL_S": "0.5",
+        "CELIF_STALE_AFTER_S": "4",
+        "CELIF_REAPER_INTERVAL_S": "1",
+        "CELIF_METRICS_FLUSH_INTERVAL_S": "0.5",
+        "CELIF_CANCEL_POLL_INTERVAL_S": "0.1",
+        "CELIF_MAX_INFRA_RETRIES": "2",
+        "CELIF_CHECKPOINT_KEEP_LAST": "2",
+        "OMP_NUM_THREADS": "1",
+    }
+
+
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory) -> Iterator[Stack]:
     with fresh_database("celif_worker") as url:
         redis_db = _pick_redis_db()
         data = tmp_path_factory.mktemp("celif-data")
         logs = tmp_path_factory.mktemp("logs")
-        env = {
-            **os.environ,
-            "PYTHONPATH": str(REPO),
-            "CELIF_ENVIRONMENT": "development",
-            "CELIF_DATA_DIR": str(data),
-            "CELIF_DATABASE_URL": url,
-            "CELIF_BROKER_URL": f"redis://{REDIS_HOST}:6379/{redis_db}",
-            "CELIF_HEARTBEAT_INTERVAL_S": "0.5",
-            "CELIF_STALE_AFTER_S": "4",
-            "CELIF_REAPER_INTERVAL_S": "1",
-            "CELIF_METRICS_FLUSH_INTERVAL_S": "0.5",
-            "CELIF_CANCEL_POLL_INTERVAL_S": "0.1",
-            "CELIF_MAX_INFRA_RETRIES": "2",
-            "CELIF_CHECKPOINT_KEEP_LAST": "2",
-            "OMP_NUM_THREADS": "1",
-        }
+        env = stack_env(url, f"redis://{REDIS_HOST}:6379/{redis_db}", data)
         s = Stack(url, env, data, logs)
         try:
             yield s
@@ -135,16 +141,16 @@ def stack(tmp_path_factory) -> Iterator[Stack]:
 
 # ----------------------------------------------------------------------------- processes
 class ApiProcess:
-    def __init__(self, env: dict[str, str], log: Path):
-        self.env, self.log_path = env, log
+    def __init__(self, env: dict[str, str], log: Path, host: str = "127.0.0.1"):
+        self.env, self.log_path, self.host = env, log, host
         self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.url = f"http://{host}:{self.port}"
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> ApiProcess:
         cmd = [
             sys.executable, "-m", "uvicorn", "service.app:create_app", "--factory",
-            "--host", "127.0.0.1", "--port", str(self.port), "--log-level", "warning",
+            "--host", self.host, "--port", str(self.port), "--log-level", "warning",
         ]  # fmt: skip
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(
@@ -172,19 +178,29 @@ class ApiProcess:
 
 
 class WorkerProcess:
-    """`celif worker` in its own process group (main process + its prefork pool child)."""
+    """`celif worker` in its own process group (main process + its prefork pool child).
 
-    def __init__(self, env: dict[str, str], log: Path):
-        self.env, self.log_path = env, log
+    `prefix` runs it through a launcher that ends by exec-ing it (the fault tests' `ip netns
+    exec ...`), so the process group is still the worker's."""
+
+    def __init__(self, env: dict[str, str], log: Path, prefix: Sequence[str] = ()):
+        self.env, self.log_path, self.prefix = env, log, list(prefix)
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> WorkerProcess:
-        cmd = [sys.executable, "-m", "celif_cli.main", "worker", "--loglevel", "INFO"]
+        return self.launch().wait_ready()
+
+    def launch(self) -> WorkerProcess:
+        """Start the process without waiting (several workers boot side by side)."""
+        cmd = [*self.prefix, sys.executable, "-m", "celif_cli.main", "worker", "--loglevel", "INFO"]
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(
                 cmd, env=self.env, cwd=REPO, stdout=log, stderr=log, start_new_session=True
             )
-        wait_for(self._ready, 90, f"worker ready (log {self.log_path})", 0.1)
+        return self
+
+    def wait_ready(self, timeout: float = 90) -> WorkerProcess:
+        wait_for(self._ready, timeout, f"worker ready (log {self.log_path})", 0.1)
         return self
 
     def _ready(self) -> bool:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
 import time
 from pathlib import Path
 
@@ -19,7 +18,7 @@ import httpx
 import pytest
 import redis
 
-from tests.helpers import free_port, wait_for
+from tests.services import PrivateRedis
 from tests.worker.conftest import REDIS_HOST, ApiProcess, Client, WorkerProcess, adding_spec
 
 REAPER_INTERVAL_S = 1.0  # the stack's CELIF_REAPER_INTERVAL_S
@@ -80,51 +79,9 @@ def test_deleted_queue_keys_jobs_still_run_once(stack, api, token):
         worker.kill()
 
 
-class PrivateRedis:
-    """A redis-server of this test's own on a free loopback port, without persistence (a
-    restart loses every message, like a crashed Redis without AOF)."""
-
-    def __init__(self, workdir: Path):
-        self.port = free_port()
-        self.workdir = workdir
-        self.proc: subprocess.Popen | None = None
-
-    def start(self) -> PrivateRedis:
-        self.proc = subprocess.Popen(
-            [
-                "redis-server",
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                str(self.workdir),
-            ],  # fmt: skip
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        wait_for(self._up, 20, f"redis-server on {self.port}", 0.05)
-        return self
-
-    def _up(self) -> bool:
-        try:
-            return redis.Redis(host="127.0.0.1", port=self.port).ping()
-        except redis.ConnectionError:
-            return False
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
-
-
 @pytest.mark.skipif(shutil.which("redis-server") is None, reason="redis-server not installed")
 def test_redis_restart_jobs_still_run_once(stack, token, tmp_path):
-    private = PrivateRedis(tmp_path).start()
+    private = PrivateRedis(tmp_path, appendonly=False).start()
     env = {**stack.env, "CELIF_BROKER_URL": f"redis://{REDIS_HOST}:{private.port}/0"}
     api = ApiProcess(env, stack.logs / "api-private-redis.log").start()
     client = Client(stack, token)
