@@ -121,6 +121,16 @@ class PrivatePostgres:
         self.restarts += 1
         wait_for(self._up, 60, f"PostgreSQL back on port {self.port}", 0.1)
 
+    def down_for(self, seconds: float) -> None:
+        """`pg_ctl stop -m fast`, `seconds` with no server at all, then start again."""
+        import time
+
+        self._pg_ctl("stop", "-m", "fast")
+        time.sleep(seconds)
+        self._pg_ctl("start", "-l", str(self.log))
+        self.restarts += 1
+        wait_for(self._up, 60, f"PostgreSQL back on port {self.port}", 0.1)
+
     def stop(self) -> None:
         if (self.data / "postmaster.pid").exists():
             try:

@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import logging
 import random
+import time
 from dataclasses import dataclass, field
 from datetime import datetime
 
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
 from jobstore import states
@@ -83,101 +85,128 @@ class InfraHistory:
 
 def infra_history(session: Session, job_id: str) -> InfraHistory:
     history = InfraHistory()
-    for data, time in status_events(session, job_id):
+    for data, at in status_events(session, job_id):
         if data.get("reason") != INFRA_RETRY_REASON:
             continue
         history.retries += 1
         cause = data.get("cause", "other")
         history.counts[cause] = history.counts.get(cause, 0) + 1
         if history.first_at is None:
-            history.first_at = time
+            history.first_at = at
     return history
+
+
+DB_RETRY_INTERVAL_S = 1.0
 
 
 def settle_error(
     exc: Exception, settings: Settings, job_id: str, worker_id: str, stop: StopSignal
 ) -> str:
     """Fail or re-queue the job after `exc` and commit; returns the outcome ("failed",
-    "requeued", "cancelled", "lease_lost"). Raises when the database cannot record it."""
-    try:
-        with session_scope(settings.database_url) as session:
-            current = lease.load(session, job_id)
-            if current is None or current.worker_id != worker_id:
-                return "lease_lost"
-            if is_job_error(exc):
-                log.warning("job %s failed: %s", job_id, exc)
-                lease.release(
-                    session,
-                    job_id,
-                    worker_id,
-                    "failed",
-                    error=job_error_message(exc),
-                    event={"error": str(exc), "kind": type(exc).__name__},
+    "requeued", "cancelled", "lease_lost"). Raises when the database cannot record it.
+
+    A database that does not answer is waited for, up to `stale_after_s`: a restart or a
+    fail-over of a few seconds (the usual cause of `exc` then) ends as an infrastructure retry
+    with the claim given back, not as a lost worker counted against `max_infra_retries`.
+    Meanwhile the heartbeat thread keeps trying to refresh the lease; should the reaper
+    re-queue the job first, the next try finds the lease lost and writes nothing.
+    """
+    deadline = time.monotonic() + settings.stale_after_s
+    while True:
+        try:
+            return _settle_error(exc, settings, job_id, worker_id, stop)
+        except OperationalError:
+            if time.monotonic() >= deadline:
+                # Leave the lease to go stale; the reaper re-queues (or fails) the job once
+                # the database answers again.
+                log.exception(
+                    "job %s: could not record the error; leaving it to the reaper", job_id
                 )
-                return "failed"
-            cause = infra_cause(exc)
-            reason = f"{type(exc).__name__}: {exc}"
-            history = infra_history(session, job_id)
-            counts = dict(history.counts)
-            counts[cause] = counts.get(cause, 0) + 1
-            first = history.first_at or utcnow()
-            elapsed = (utcnow() - first).total_seconds()
-            log.exception(
-                "job %s: infrastructure error (%s; retry %d, %.0f s since the first)",
+                raise
+            log.warning(
+                "job %s: the database did not answer while recording the error; retrying in %ss",
                 job_id,
-                cause,
-                history.retries + 1,
-                elapsed,
+                DB_RETRY_INTERVAL_S,
             )
-            if elapsed > settings.infra_retry_budget_s:
-                error = (
-                    f"infrastructure errors for {elapsed:.0f} s, over "
-                    f"infra_retry_budget_s={settings.infra_retry_budget_s:g} (retries by cause: "
-                    f"{counts}); last: {reason}"
-                )
-                lease.release(
-                    session,
-                    job_id,
-                    worker_id,
-                    "failed",
-                    error=error,
-                    event={"error": reason, "cause": cause, "counts": counts},
-                )
-                return "failed"
-        delay = backoff_delay(history.retries, settings)
-        # Wait here, holding the lease (the heartbeat thread keeps it fresh and still sees a
-        # cancel), so the retry comes after the backoff; then hand the job back uncounted:
-        # this bound is the time budget, not the worker-loss attempts.
-        stop.wait(delay)
-        with session_scope(settings.database_url) as session:
-            if stop.reason == "cancel":
-                row = lease.load(session, job_id)
-                status, reason = states.stop_outcome(row.stop_reason if row else None)
-                lease.release(session, job_id, worker_id, status, event={"reason": reason})
-                return status
-            job = lease.release(
+            time.sleep(DB_RETRY_INTERVAL_S)
+
+
+def _settle_error(
+    exc: Exception, settings: Settings, job_id: str, worker_id: str, stop: StopSignal
+) -> str:
+    with session_scope(settings.database_url) as session:
+        current = lease.load(session, job_id)
+        if current is None or current.worker_id != worker_id:
+            return "lease_lost"
+        if is_job_error(exc):
+            log.warning("job %s failed: %s", job_id, exc)
+            lease.release(
                 session,
                 job_id,
                 worker_id,
-                "queued",
-                attempts=Job.attempts - 1,
-                event={
-                    "reason": INFRA_RETRY_REASON,
-                    "error": reason,
-                    "cause": cause,
-                    "retry": history.retries + 1,
-                    "counts": counts,
-                    "first_error_at": first.isoformat(),
-                    "backoff_s": round(delay, 3),
-                },
+                "failed",
+                error=job_error_message(exc),
+                event={"error": str(exc), "kind": type(exc).__name__},
             )
-            if job is None:
-                return "lease_lost"
-    except Exception:
-        # The database itself is unreachable: leave the lease to go stale; the reaper
-        # re-queues (or fails) the job once the database answers again.
-        log.exception("job %s: could not record the error; leaving it to the reaper", job_id)
-        raise
+            return "failed"
+        cause = infra_cause(exc)
+        reason = f"{type(exc).__name__}: {exc}"
+        history = infra_history(session, job_id)
+        counts = dict(history.counts)
+        counts[cause] = counts.get(cause, 0) + 1
+        first = history.first_at or utcnow()
+        elapsed = (utcnow() - first).total_seconds()
+        log.exception(
+            "job %s: infrastructure error (%s; retry %d, %.0f s since the first)",
+            job_id,
+            cause,
+            history.retries + 1,
+            elapsed,
+        )
+        if elapsed > settings.infra_retry_budget_s:
+            error = (
+                f"infrastructure errors for {elapsed:.0f} s, over "
+                f"infra_retry_budget_s={settings.infra_retry_budget_s:g} (retries by cause: "
+                f"{counts}); last: {reason}"
+            )
+            lease.release(
+                session,
+                job_id,
+                worker_id,
+                "failed",
+                error=error,
+                event={"error": reason, "cause": cause, "counts": counts},
+            )
+            return "failed"
+    delay = backoff_delay(history.retries, settings)
+    # Wait here, holding the lease (the heartbeat thread keeps it fresh and still sees a
+    # cancel), so the retry comes after the backoff; then hand the job back uncounted:
+    # this bound is the time budget, not the worker-loss attempts.
+    stop.wait(delay)
+    with session_scope(settings.database_url) as session:
+        if stop.reason == "cancel":
+            row = lease.load(session, job_id)
+            status, reason = states.stop_outcome(row.stop_reason if row else None)
+            lease.release(session, job_id, worker_id, status, event={"reason": reason})
+            return status
+        job = lease.release(
+            session,
+            job_id,
+            worker_id,
+            "queued",
+            attempts=Job.attempts - 1,
+            event={
+                "reason": INFRA_RETRY_REASON,
+                "error": reason,
+                "cause": cause,
+                "retry": history.retries + 1,
+                "counts": counts,
+                "first_error_at": first.isoformat(),
+                "backoff_s": round(delay, 3),
+            },
+        )
+        if job is None:
+            return "lease_lost"
     from jobstore.queue import enqueue_job
 
     enqueue_job(job_id)  # after the commit: the row is `queued` before its message

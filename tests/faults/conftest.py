@@ -16,6 +16,7 @@ from __future__ import annotations
 import shutil
 import tempfile
 import uuid
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -92,6 +93,18 @@ def audit_rows(url: str, job_id: str) -> list[dict[str, Any]]:
         )
         names = [c.name for c in cur.description]
         return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
+
+
+def lost_and_duplicated(points: list[dict[str, Any]], max_steps: int) -> tuple[int, int]:
+    """The figures of a job's metric series: train-loss steps missing between its first step
+    and `max_steps` (at the series' own spacing), and points stored more than once."""
+    from tests.worker.test_jobs import series
+
+    train = sorted(p["step"] for p in series(points, "train", "loss"))
+    gap = min((b - a for a, b in zip(train, train[1:], strict=False)), default=1)
+    lost = len(set(range(train[0], max_steps + 1, gap)) - set(train)) if train else max_steps
+    keys = Counter((p["split"], p["name"], p["step"]) for p in points)
+    return lost, sum(n - 1 for n in keys.values())
 
 
 # ------------------------------------------------------------------------------ storage

@@ -15,17 +15,16 @@ Run as root: `pytest -m faults -s tests/faults/test_multihost.py` prints the fig
 from __future__ import annotations
 
 import hashlib
-from collections import Counter
 from datetime import UTC, datetime
 
 import pytest
 from sqlalchemy import select
 
 from jobstore.db.models import Checkpoint, Job, JobEvent
-from tests.faults.conftest import Cluster, audit_rows, start_all
+from tests.faults.conftest import Cluster, audit_rows, lost_and_duplicated, start_all
 from tests.helpers import wait_for
 from tests.worker.conftest import adding_spec
-from tests.worker.test_jobs import assert_complete_series, series, status_history
+from tests.worker.test_jobs import assert_complete_series, status_history
 
 pytestmark = [pytest.mark.faults, pytest.mark.netns]
 
@@ -156,13 +155,7 @@ def test_host_cut_off_mid_job_is_fenced_when_it_returns(hosts_cluster: Cluster):
     # ---- one series, one checkpoint chain
     points = client.metrics(jid)
     assert_complete_series(points, MAX_STEPS, EVERY)
-    train = [p["step"] for p in series(points, "train", "loss")]
-    gap = min(b - a for a, b in zip(sorted(train), sorted(train)[1:], strict=False))
-    expected = set(range(min(train), MAX_STEPS + 1, gap))
-    lost = len(expected - set(train))
-    duplicated = sum(
-        n - 1 for n in Counter((p["split"], p["name"], p["step"]) for p in points).values()
-    )
+    lost, duplicated = lost_and_duplicated(points, MAX_STEPS)
     with c.stack.session() as s:
         rows = s.scalars(
             select(Checkpoint).where(Checkpoint.job_id == jid).order_by(Checkpoint.step)
