@@ -34,7 +34,9 @@ from tests.worker.conftest import ApiProcess, Client, Stack, WorkerProcess, stac
 # found by a reaper pass (every REAPER_INTERVAL_S) in any live worker.
 LEASE_ENV = {
     "CELIF_HEARTBEAT_INTERVAL_S": "0.5",
-    "CELIF_STALE_AFTER_S": "4",
+    # 6 s, not the worker suite's 4: on a loaded 2-core machine a live worker's heartbeat
+    # thread can stall for seconds, and here a stall would hand a live job to another host.
+    "CELIF_STALE_AFTER_S": "6",
     "CELIF_REAPER_INTERVAL_S": "1",
     "CELIF_RESEND_QUEUED_AFTER_S": "2",
 }

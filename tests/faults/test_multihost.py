@@ -115,12 +115,14 @@ def test_host_cut_off_mid_job_is_fenced_when_it_returns(hosts_cluster: Cluster):
     # first write it tries finds the lease gone, and its attempt stops there.
     a_log = workers[a_name].log_path
     wait_for(
-        lambda: "lease lost" in a_log.read_text(errors="replace"),
+        lambda: "'lease_lost'" in a_log.read_text(errors="replace"),  # the task's outcome
         150,
         f"host {a.name}'s stale attempt to find its lease lost (log {a_log})",
         0.2,
     )
     a_stopped_at = datetime.now(UTC)
+    # The cut made A's connections hang, not fail: no error reached its sockets.
+    assert "No route to host" not in a_log.read_text(errors="replace")
 
     done = client.wait_status(jid, {"succeeded", "failed", "cancelled"}, timeout=300)
     assert done["status"] == "succeeded", done.get("error")
