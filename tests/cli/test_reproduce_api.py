@@ -199,6 +199,14 @@ def test_decide():
     assert _decide(None, known_elsewhere=True) == "submit"
     assert _decide(None, known_elsewhere=True, saved_checkpoint=True) == "submit"
     assert _decide(None, known_elsewhere=True, saved_checkpoint=True, cont=True) == "upload"
+    # ...but a job that had finished there keeps its result: reported, not trained again
+    gone = dict(known_elsewhere=True, saved_checkpoint=True)
+    assert _decide(None, last_seen=_job("succeeded"), **gone) == "report"
+    assert _decide(None, last_seen=_job("succeeded"), cont=True, **gone) == "report"
+    assert _decide(None, last_seen=_job("succeeded"), cont=True, wanted_spec=more, **gone) == "upload"  # fmt: skip
+    assert _decide(None, last_seen=_job("cancelled"), **gone) == "report"
+    assert _decide(None, last_seen=_job("cancelled"), resubmit_failed=True, **gone) == "submit"
+    assert _decide(None, last_seen=_job("running"), **gone) == "submit"  # died mid-run
 
 
 def test_override_mismatches():
