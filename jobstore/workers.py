@@ -46,7 +46,7 @@ def announce(
         .execution_options(synchronize_session=False)
     )
     if done.rowcount == 0:
-        session.add(Worker(id=worker_id, last_seen=now, started_at=now, **values))
+        session.add(Worker(id=worker_id, **{"started_at": now, **values, "last_seen": now}))
     session.flush()
 
 
