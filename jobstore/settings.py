@@ -36,6 +36,14 @@ class Settings(BaseSettings):
     stale_after_s: float = Field(30.0, gt=0)
     reaper_interval_s: float = Field(5.0, gt=0)
     max_infra_retries: int = Field(3, ge=0, description="re-queues after worker loss")
+    # Worker registry (docs/api.md "Queues and workers"): every worker's main process refreshes
+    # its row in `workers` every worker_announce_interval_s; one not seen for
+    # worker_offline_after_s is offline (a queued job whose queue no online worker consumes says
+    # so in `waiting_for`; `celif worker --ping` fails); rows unseen for worker_forget_after_s
+    # are deleted.
+    worker_announce_interval_s: float = Field(10.0, gt=0)
+    worker_offline_after_s: float = Field(60.0, gt=0)
+    worker_forget_after_s: float = Field(7 * 24 * 3600.0, gt=0)
     max_study_trials: int = Field(256, ge=1, description="trials per study (all its searches)")
     # A job's infrastructure error (storage or database I/O, a lost device) is retried after an
     # exponential backoff with jitter: base * 2**k seconds (at most infra_retry_max_delay_s),
@@ -101,6 +109,16 @@ class Settings(BaseSettings):
     # registered) takes effect on this process within this many seconds; 0 turns caching off.
     auth_cache_ttl_s: float = Field(2.0, ge=0, le=60)
     predict_lookup_ttl_s: float = Field(2.0, ge=0, le=60)
+
+    @model_validator(mode="after")
+    def _check_worker_registry(self) -> Settings:
+        if self.worker_offline_after_s <= self.worker_announce_interval_s:
+            raise ValueError(
+                f"worker_offline_after_s ({self.worker_offline_after_s:g}) must exceed "
+                f"worker_announce_interval_s ({self.worker_announce_interval_s:g}): a live "
+                "worker would count as offline between two refreshes"
+            )
+        return self
 
     @model_validator(mode="after")
     def _fill_paths(self) -> Settings:

@@ -307,13 +307,15 @@ def follow(client: Client, entries: list[Entry], opts: Options, stream: TextIO) 
 def _progress_text(e: Entry) -> str:
     fig = report.our_figure(e.job, report.reference_metric(e.recipe))
     value = report.fmt_value(fig.metric, fig.value)
+    if e.job["status"] == "queued" and e.job.get("waiting_for"):
+        return f"queued, waiting for {e.job['waiting_for']}"
     return f"{e.job['status']}" + (f", {fig.metric} {value}" if fig.value is not None else "")
 
 
 def _line(e: Entry, last: dict[str, tuple], stream: TextIO) -> None:
     """Non-terminal output: one line per status change or per 10 % of progress."""
     p = e.job.get("progress") or {}
-    key = (e.job["status"], int(10 * float(p.get("fraction") or 0)))
+    key = (e.job["status"], int(10 * float(p.get("fraction") or 0)), e.job.get("queue_has_worker"))
     if last.get(e.name) == key:
         return
     last[e.name] = key

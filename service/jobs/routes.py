@@ -66,7 +66,7 @@ def submit_job(
     response.headers["Location"] = f"/api/v1/jobs/{result.job.id}"
     if not result.created:
         response.headers["Idempotent-Replayed"] = "true"
-    return JobOut.from_row(result.job)
+    return JobOut.from_row(result.job, service.queue_census(session, settings, [result.job]))
 
 
 @router.post("/jobs:validate", response_model=ValidateOut, responses={422: {}, 401: {}})
@@ -82,6 +82,7 @@ def validate_job(
 def list_jobs(
     user: CurrentUser,
     session: SessionDep,
+    settings: SettingsDep,
     status: Annotated[list[str], Query(description="filter; repeat or comma-separate")] = [],  # noqa: B006
     task: Annotated[list[str], Query()] = [],  # noqa: B006
     neuron: Annotated[list[str], Query()] = [],  # noqa: B006
@@ -92,12 +93,14 @@ def list_jobs(
     jobs, next_cursor = service.list_jobs(
         session, user, statuses=status, tasks=task, neurons=neuron, cursor=cursor, limit=limit
     )
-    return JobList(items=[JobOut.from_row(j) for j in jobs], next_cursor=next_cursor)
+    census = service.queue_census(session, settings, jobs)
+    return JobList(items=[JobOut.from_row(j, census) for j in jobs], next_cursor=next_cursor)
 
 
 @router.get("/jobs/{job_id}", response_model=JobOut, responses=ERRORS)
-def get_job(job_id: str, user: CurrentUser, session: SessionDep) -> Any:
-    return JobOut.from_row(service.get_owned_job(session, user, job_id))
+def get_job(job_id: str, user: CurrentUser, session: SessionDep, settings: SettingsDep) -> Any:
+    job = service.get_owned_job(session, user, job_id)
+    return JobOut.from_row(job, service.queue_census(session, settings, [job]))
 
 
 @router.post("/jobs/{job_id}/cancel", response_model=JobOut, responses={409: {}, **ERRORS})

@@ -20,13 +20,14 @@ from sqlalchemy.orm import Session
 from celif_core.spec import JobSpec, estimate, validate_spec
 from jobstore import checkpoints as checkpoint_repo
 from jobstore import jobs as repo
-from jobstore import states
+from jobstore import states, workers
 from jobstore.datasets import owned_dataset_facts
 from jobstore.db.models import TERMINAL_STATES, Checkpoint, Job, JobEvent, User
 from jobstore.db.session import after_commit, after_rollback
 from jobstore.files import install_init_file, job_checkpoint_dir
 from jobstore.queue import try_enqueue_job
 from jobstore.settings import Settings
+from jobstore.workers import Census
 from service.errors import BadRequest, Conflict, NotFound, Unprocessable
 from service.security import NUL_MESSAGE, find_nul
 
@@ -169,6 +170,13 @@ def _check_replay(existing: Job, spec_dict: dict[str, Any]) -> Job:
 
 
 # ----------------------------------------------------------------------------- list
+def queue_census(session: Session, settings: Settings, jobs: list[Job]) -> Census | None:
+    """The worker registry, read only when one of `jobs` is queued (what `waiting_for` needs)."""
+    if not any(job.status == "queued" for job in jobs):
+        return None
+    return workers.census(session, settings.worker_offline_after_s)
+
+
 def encode_cursor(job: Job) -> str:
     raw = json.dumps([job.created_at.isoformat(), job.id]).encode()
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")

@@ -286,6 +286,11 @@ def test_row_and_markdown():
     assert "(continued from job abcdef01)" in row2.status and row2.wall == "42 s"
     uploaded = {**failed, "spec": {"init_from": {"job": None, "upload": "0123456789ab"}}}
     assert "(continued from uploaded checkpoint 01234567)" in report.fmt_status(uploaded)
+    waiting = {**JOB, "status": "queued", "error": None, "queue": "gpu", "queue_has_worker": False,
+               "waiting_for": "a GPU worker: none is online (last seen 12 min ago)"}  # fmt: skip
+    assert report.fmt_status(waiting) == (
+        "queued, waiting for a GPU worker: none is online (last seen 12 min ago)"
+    )
     row3 = report.build_row({"name": "demo/x", "reference": {}}, None, None, "c3")
     md = report.render_markdown(
         [row, row2, row3],

@@ -120,6 +120,8 @@ def stack(tmp_path_factory) -> Iterator[Stack]:
             "CELIF_CANCEL_POLL_INTERVAL_S": "0.1",
             "CELIF_MAX_INFRA_RETRIES": "2",
             "CELIF_CHECKPOINT_KEEP_LAST": "2",
+            "CELIF_WORKER_ANNOUNCE_INTERVAL_S": "0.5",
+            "CELIF_WORKER_OFFLINE_AFTER_S": "3",
             "OMP_NUM_THREADS": "1",
         }
         s = Stack(url, env, data, logs)
@@ -172,14 +174,17 @@ class ApiProcess:
 
 
 class WorkerProcess:
-    """`celif worker` in its own process group (main process + its prefork pool child)."""
+    """`celif worker` in its own process group (main process + its prefork pool child);
+    `queues`: its `--queues` (default: the CLI's, by the devices found)."""
 
-    def __init__(self, env: dict[str, str], log: Path):
-        self.env, self.log_path = env, log
+    def __init__(self, env: dict[str, str], log: Path, queues: str | None = None):
+        self.env, self.log_path, self.queues = env, log, queues
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> WorkerProcess:
         cmd = [sys.executable, "-m", "celif_cli.main", "worker", "--loglevel", "INFO"]
+        if self.queues is not None:
+            cmd += ["--queues", self.queues]
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(
                 cmd, env=self.env, cwd=REPO, stdout=log, stderr=log, start_new_session=True
