@@ -73,7 +73,9 @@ def main() -> None:
         clients = {"boto3": boto3_client(url), "obstore": obstore_client(url)}
         with tempfile.TemporaryDirectory() as tmp:
             print(f"moto server {url}; medians of {args.repeats} (alternating clients)")
-            print(f"{'size':>6} {'op':>4} {'boto3 ms':>10} {'obstore ms':>11} {'boto3/obstore':>14}")
+            print(
+                f"{'size':>6} {'op':>4} {'boto3 ms':>10} {'obstore ms':>11} {'boto3/obstore':>14}"
+            )
             for mb in args.sizes:
                 src = Path(tmp) / f"src-{mb}"
                 src.write_bytes(os.urandom(mb * 1024 * 1024))

@@ -8,7 +8,6 @@ import csv
 import io
 import math
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from sqlalchemy.orm import Session
@@ -43,7 +42,7 @@ class TrialPlan:
     index: int
     overrides: dict[str, Any]
     spec: JobSpec
-    init_source: Path | None
+    init_source: str | None  # the init_from source's artifact key
 
 
 def plan_trials(
