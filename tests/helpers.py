@@ -1,10 +1,15 @@
-"""Plain helpers shared by the test folders (no fixtures): polling and free TCP ports."""
+"""Plain helpers shared by the test folders (no fixtures): polling, free TCP ports, and a real
+S3 API server (moto's standalone server) started as a subprocess."""
 
 from __future__ import annotations
 
+import os
+import signal
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 
@@ -71,7 +76,6 @@ def start_moto_server(
 
 def stop_process(proc: Any, timeout: float = 10) -> None:
     """Terminate a subprocess we started (SIGCONT first, in case a test paused it)."""
-    import signal
     import subprocess
 
     if proc.poll() is not None:
@@ -85,6 +89,46 @@ def stop_process(proc: Any, timeout: float = 10) -> None:
         proc.wait(timeout)
     except ProcessLookupError:
         pass
+
+
+# moto accepts any credentials; obstore and boto3 read these from the environment.
+S3_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
+
+
+@dataclass
+class S3Server:
+    """A running S3 API server: its endpoint, its process, the bucket the tests use."""
+
+    url: str
+    proc: Any
+    bucket: str
+
+    def client(self):
+        """A boto3 client (to look at or tamper with objects behind the service's back)."""
+        import boto3
+
+        return boto3.client(
+            "s3",
+            endpoint_url=self.url,
+            region_name="us-east-1",
+            aws_access_key_id=S3_CREDENTIALS["AWS_ACCESS_KEY_ID"],
+            aws_secret_access_key=S3_CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
+        )
+
+    def keys(self, prefix: str) -> set[str]:
+        pages = self.client().get_paginator("list_objects_v2")
+        pages = pages.paginate(Bucket=self.bucket, Prefix=prefix)
+        return {o["Key"] for page in pages for o in page.get("Contents", [])}
+
+    @contextmanager
+    def paused(self) -> Iterator[None]:
+        """The server unreachable (SIGSTOP: connections hang, nothing answers) without losing
+        its objects (moto keeps them in memory); SIGCONT at the end, whatever happens."""
+        os.kill(self.proc.pid, signal.SIGSTOP)
+        try:
+            yield
+        finally:
+            os.kill(self.proc.pid, signal.SIGCONT)
 
 
 def create_bucket(endpoint_url: str, bucket: str, region: str = "us-east-1") -> None:
