@@ -23,7 +23,7 @@ from jobstore import states
 from jobstore.artifacts import CorruptArtifact, MissingArtifact, artifact_store
 from jobstore.checkpoints import apply_retention, list_checkpoints, register_checkpoint
 from jobstore.db.models import Checkpoint, Job
-from jobstore.files import checkpoint_prefix, init_key
+from jobstore.files import checkpoint_prefix, init_key, init_sha256_key
 from jobstore.settings import Settings
 from worker import lease
 from worker.claim import Claim, claim_job
@@ -126,10 +126,8 @@ class JobRunner:
         if claim.resume_from is None and spec.init_from is not None:
             # No checkpoint of its own yet: start from the source's copy the API installed.
             # (A re-run after a kill finds its own checkpoints above and never re-inits.)
-            # The copy has no row: its bytes are not sha256-checked (the trainer parses the
-            # safetensors header and the tensors' sizes).
             init_file = self._fetch_input(
-                init_key(self.job_id), None, what="init_from checkpoint copy"
+                init_key(self.job_id), self._init_sha256(), what="init_from checkpoint copy"
             )
             continued = trainer.init_from(init_file)
             log.info("job %s: init_from %s", self.job_id, "continued" if continued else "weights")
@@ -158,6 +156,14 @@ class JobRunner:
             return self.store.fetch(key, sha256)
         except (MissingArtifact, CorruptArtifact) as exc:
             raise TrainingError(f"the {what} cannot be read: {exc}") from None
+
+    def _init_sha256(self) -> str | None:
+        """The sha256 the API stored beside the init_from copy (None for a job submitted
+        before it did: that copy is read unchecked)."""
+        try:
+            return self.store.fetch(init_sha256_key(self.job_id), None).read_text().strip()
+        except MissingArtifact:
+            return None
 
     def _backend(self) -> str | None:
         # The model's backend_name is known after its first step.

@@ -23,7 +23,7 @@ from sqlalchemy.orm import Session
 from celif_core.spec import JobSpec, SpecError, validate_spec
 from jobstore.artifacts import artifact_store
 from jobstore.db.models import UploadedCheckpoint, User, new_id
-from jobstore.files import staging_dir, upload_key
+from jobstore.files import InitSource, staging_dir, upload_key
 from jobstore.settings import Settings
 from service.errors import NotFound, Unprocessable
 from service.jobs import service as jobs
@@ -93,8 +93,8 @@ def get_owned_upload(session: Session, user: User, ckpt_id: str) -> UploadedChec
 
 def resolve_init_from(
     session: Session, user: User, settings: Settings, spec: JobSpec
-) -> str | None:
-    """The artifact key of `spec.init_from`'s source (None without one), after checking that
+) -> InitSource | None:
+    """The stored `spec.init_from` source (None without one), after checking that
     the user owns the source, that it is stored, and that its model section is the spec's.
     Unknown or foreign sources are 422 naming `init_from` with a "not found" message (as a 404
     would say)."""
@@ -106,13 +106,13 @@ def resolve_init_from(
         if src.job is not None:
             job = jobs.get_owned_job(session, user, src.job)
             ckpt = jobs.checkpoint_row(session, job, src.checkpoint)
-            key, what = ckpt.path, f"checkpoint {ckpt.id}"
+            source, what = InitSource(ckpt.path, ckpt.sha256), f"checkpoint {ckpt.id}"
             source_spec = job.spec
         else:
             row = get_owned_upload(session, user, src.upload)
-            key, what = row.path, f"uploaded checkpoint {row.id}"
+            source, what = InitSource(row.path, row.sha256), f"uploaded checkpoint {row.id}"
             source_spec = row.spec
-        if not artifact_store(settings).exists(key):
+        if not artifact_store(settings).exists(source.key):
             raise NotFound(f"{what} is registered but its file is missing")
     except NotFound as exc:
         raise Unprocessable(f"not found: {exc}", loc=("body", *where)) from None
@@ -127,4 +127,4 @@ def resolve_init_from(
             f"{ {k: other.get(k) for k in diff} })",
             loc=("body", "init_from"),
         )
-    return key
+    return source

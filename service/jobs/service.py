@@ -25,7 +25,7 @@ from jobstore.artifacts import CorruptArtifact, MissingArtifact, artifact_store
 from jobstore.datasets import owned_dataset_facts
 from jobstore.db.models import TERMINAL_STATES, Checkpoint, Job, JobEvent, User
 from jobstore.db.session import after_commit, after_rollback
-from jobstore.files import install_init_file, remove_init_file
+from jobstore.files import InitSource, install_init_file, remove_init_file
 from jobstore.queue import try_enqueue_job
 from jobstore.settings import Settings
 from service.errors import BadRequest, Conflict, NotFound, Unprocessable
@@ -63,7 +63,9 @@ def validate_job_spec(session: Session, user: User, body: Any, settings: Setting
     )
 
 
-def _init_source(session: Session, user: User, settings: Settings, spec: JobSpec) -> str | None:
+def _init_source(
+    session: Session, user: User, settings: Settings, spec: JobSpec
+) -> InitSource | None:
     from service.checkpoints.service import resolve_init_from  # (it imports this module)
 
     return resolve_init_from(session, user, settings, spec)
@@ -128,7 +130,7 @@ def store_job(
     user: User,
     settings: Settings,
     spec: JobSpec,
-    init_source: str | None,
+    init_source: InitSource | None,
     *,
     status: str = "queued",
     **fields: Any,

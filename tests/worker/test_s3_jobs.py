@@ -164,6 +164,14 @@ def test_job_checkpoints_to_s3_and_the_api_serves_them(s3: S3Deployment, client:
     assert len(p.json()["predictions"]) == 3
     assert list((s3.root / "api" / "cache").rglob("*.safetensors"))
 
+    # init_from: the API copies the source object to the new job's key (server-side) with its
+    # sha256 beside it; the worker fetches and checks it and continues from it.
+    cont = client.submit({**adding_spec(max_steps=200), "init_from": {"job": job["id"]}})
+    init = f"checkpoints/{cont['id']}/init_from.safetensors"
+    assert {init, f"checkpoints/{cont['id']}/init_from.sha256"} <= s3.objects(cont["id"])
+    cont = client.wait_status(cont["id"], DONE, timeout=240)
+    assert cont["status"] == "succeeded", cont.get("error")
+
     # With download_redirect: a 307 to a presigned URL of the store, which serves the bytes.
     redirect = s3.start_api("api-redirect", CELIF_DOWNLOAD_REDIRECT="true")
     try:
