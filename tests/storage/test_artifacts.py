@@ -218,3 +218,17 @@ def test_s3_unreachable_is_store_unavailable_and_leaves_no_object(s3_server, tmp
     assert (
         store.fetch("checkpoints/j/a1/step_2.safetensors", sha).stat().st_size == src.stat().st_size
     )
+
+
+def test_s3_store_needs_a_bucket(tmp_path: Path):
+    for environment in ("development", "production"):
+        with pytest.raises(ValueError, match="CELIF_S3_BUCKET"):
+            Settings(
+                environment=environment,
+                data_dir=tmp_path,
+                database_url="postgresql+psycopg://x@db/celif",
+                broker_url="redis://redis:6379/0",
+                artifact_store="s3",
+            )
+    s = Settings(data_dir=tmp_path, artifact_store="s3", s3_bucket="b-1")
+    assert s.artifact_cache_dir == tmp_path / "cache" and not s.download_redirect

@@ -254,3 +254,35 @@ def test_store_unreachable_for_a_while_is_an_infrastructure_retry(
     done = client.wait_status(jid, DONE, timeout=300)
     assert done["status"] == "succeeded", done.get("error")
     assert_complete_series(client.metrics(jid), max_steps, every)
+
+
+def test_uploaded_dataset_goes_to_the_store_and_a_job_trains_on_it(
+    s3: S3Deployment, client: S3Client
+):
+    from tests.service.test_datasets import npz, toy_classification
+
+    x, y = toy_classification(n=120, t=16, f=2, seed=3)
+    r = httpx.post(
+        f"{client.base}/datasets",
+        files={"file": ("toy.npz", npz(x=x, y=y), "application/octet-stream")},
+        data={"name": "toy-s3"},
+        headers=client.headers,
+        timeout=60,
+    )
+    assert r.status_code == 201, r.text
+    ds = r.json()
+    assert s3.server.keys(f"{s3.prefix}/datasets/") == {f"{s3.prefix}/datasets/{ds['id']}.npz"}
+    s3.worker()
+    spec = {
+        "task": {"name": "dataset", "params": {"dataset_id": ds["id"]}},
+        "model": {"neuron": "celif", "hidden": [16]},
+        "training": {"max_steps": 40, "batch_size": 16, "eval_every": 20,
+                     "checkpoint_every": 20, "lr": 0.01, "device": "cpu"},
+    }  # fmt: skip
+    done = client.wait_status(client.submit(spec)["id"], DONE, timeout=240)
+    assert done["status"] == "succeeded", done.get("error")
+    # The worker read it from the store into its own cache (no shared datasets directory).
+    worker_dirs = [Path(w.env["CELIF_DATA_DIR"]) for w in s3.workers if w.alive()]
+    assert any((d / "cache" / "datasets" / f"{ds['id']}.npz").is_file() for d in worker_dirs)
+    samples = client.get(f"/jobs/{done['id']}/samples", split="val", n=2).json()
+    assert samples["shape"][:2] == [2, 16]
