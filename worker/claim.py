@@ -5,8 +5,9 @@ message for a job that is running under a live lease or is finished claims nothi
 job that must not run (cancel requested, worker-loss attempts exhausted, a dataset its owner
 does not own) is released at once. Otherwise it resumes from its newest checkpoint whose
 artifact is intact (fetched from the store, sha256 checked; rows of missing or corrupt ones are
-dropped; an unreachable store raises, nothing is written), its metric events past that step are deleted (the
-steps after it run again), and its `running` status event records the attempt and the step.
+dropped; an unreachable store raises and nothing is written), its metric events past that step
+are deleted (the steps after it run again), and its `running` status event records the attempt
+and the step.
 """
 
 from __future__ import annotations
