@@ -65,8 +65,8 @@ class ArtifactStore(Protocol):
 
     def stream(self, key: str, sha256: str | None = None) -> Iterator[bytes]:
         """`key`'s bytes in chunks; MissingArtifact before the first when it is gone. With
-        `sha256`, a mismatch raises CorruptArtifact after the last chunk (the response is cut
-        short, never completed)."""
+        `sha256`, a mismatch raises CorruptArtifact instead of the last chunk (a download is
+        cut short, never completed)."""
 
     def exists(self, key: str) -> bool: ...
 
@@ -213,12 +213,19 @@ def _file_chunks(f) -> Iterator[bytes]:
 
 
 def _verified_chunks(key: str, chunks: Iterator[bytes], sha256: str | None) -> Iterator[bytes]:
+    """The chunks, the last one held back until the digest is checked: a reader of corrupt
+    bytes never gets them all (a download is cut short, never completed)."""
     h = hashlib.sha256()
+    held = None
     for chunk in chunks:
         h.update(chunk)
-        yield chunk
+        if held is not None:
+            yield held
+        held = chunk
     if sha256 is not None and h.hexdigest() != sha256:
         raise CorruptArtifact(f"artifact {key} does not match its sha256 {sha256[:12]}...")
+    if held is not None:
+        yield held
 
 
 # ----------------------------------------------------------------------------- s3

@@ -80,8 +80,11 @@ def test_sha256_mismatch_is_corrupt(backend: Settings, tmp_path: Path):
     wrong = hashlib.sha256(b"other bytes").hexdigest()
     with pytest.raises(CorruptArtifact):
         store.fetch("uploads/u1.safetensors", wrong)
-    with pytest.raises(CorruptArtifact):  # streaming: raised after the last chunk
-        b"".join(store.stream("uploads/u1.safetensors", wrong))
+    received = []
+    with pytest.raises(CorruptArtifact):  # streaming: raised instead of the last chunk
+        for chunk in store.stream("uploads/u1.safetensors", wrong):
+            received.append(chunk)
+    assert len(b"".join(received)) < len(b"checkpoint bytes")
     assert store.fetch("uploads/u1.safetensors", sha).read_bytes() == b"checkpoint bytes"
 
 

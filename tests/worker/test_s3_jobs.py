@@ -164,9 +164,30 @@ def test_job_checkpoints_to_s3_and_the_api_serves_them(s3: S3Deployment, client:
     assert len(p.json()["predictions"]) == 3
     assert list((s3.root / "api" / "cache").rglob("*.safetensors"))
 
+    # An object corrupted in the store (same size, other bytes): its download is cut short,
+    # never a complete response with the wrong bytes; predict from it is a 409.
+    oldest = min(rows, key=lambda r: r.step)
+    if oldest.id != latest.id:
+        bad = bytes(b ^ 0xFF for b in s3.server.client().get_object(
+            Bucket=s3.server.bucket, Key=f"{s3.prefix}/{oldest.path}")["Body"].read())  # fmt: skip
+        s3.server.client().put_object(
+            Bucket=s3.server.bucket, Key=f"{s3.prefix}/{oldest.path}", Body=bad
+        )
+        with pytest.raises(httpx.HTTPError):
+            got = httpx.get(f"{client.base}/jobs/{job['id']}/checkpoints/{oldest.id}",
+                            headers=client.headers, timeout=30)  # fmt: skip
+            got.raise_for_status()
+            assert hashlib.sha256(got.content).hexdigest() == oldest.sha256
+        p = httpx.post(f"{client.base}/jobs/{job['id']}/predict",
+                       json={"inputs": x, "checkpoint": oldest.id},
+                       headers=client.headers, timeout=60)  # fmt: skip
+        assert p.status_code == 409, p.text
+
     # init_from: the API copies the source object to the new job's key (server-side) with its
     # sha256 beside it; the worker fetches and checks it and continues from it.
-    cont = client.submit({**adding_spec(max_steps=200), "init_from": {"job": job["id"]}})
+    cont = client.submit(
+        {**adding_spec(max_steps=200), "init_from": {"job": job["id"], "checkpoint": "latest"}}
+    )
     init = f"checkpoints/{cont['id']}/init_from.safetensors"
     assert {init, f"checkpoints/{cont['id']}/init_from.sha256"} <= s3.objects(cont["id"])
     cont = client.wait_status(cont["id"], DONE, timeout=240)
