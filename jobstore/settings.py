@@ -27,6 +27,26 @@ class Settings(BaseSettings):
     mnist_dir: Path | None = Field(None, description="MNIST IDX .gz files; default data_dir/mnist")
     datasets_dir: Path | None = Field(None, description="uploaded NPZ; default storage/datasets")
 
+    # Artifact storage (jobstore/artifacts.py): checkpoints, uploaded checkpoints and datasets.
+    # "local": files under storage_dir / datasets_dir (one host, or a shared volume); "s3": an
+    # S3-compatible object store (AWS S3, MinIO, R2, GCS interop). Credentials come from the
+    # usual AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY / AWS_SESSION_TOKEN variables (or the
+    # host's role), never from a CELIF_ setting, so they are never logged with the settings.
+    artifact_store: Literal["local", "s3"] = "local"
+    s3_bucket: str | None = Field(None, description="the bucket (required with s3)")
+    s3_prefix: str = Field("", description="key prefix inside the bucket, e.g. celif/prod")
+    s3_endpoint_url: str | None = Field(None, description="non-AWS stores: http(s)://host:port")
+    s3_region: str = "us-east-1"
+    s3_timeout_s: float = Field(60.0, gt=0, description="one request (a multipart part)")
+    # The worker's and the API's local copies of store artifacts (resume, init_from, datasets,
+    # predict); least recently used files are evicted past artifact_cache_bytes.
+    artifact_cache_dir: Path | None = Field(None, description="default data_dir/cache")
+    artifact_cache_bytes: int = Field(2 * 1024**3, ge=0)
+    # GET .../checkpoints/{ref} answers 307 to a presigned URL of the store (s3 only) instead
+    # of streaming the bytes through the API; the URL is valid for presigned_url_ttl_s.
+    download_redirect: bool = False
+    presigned_url_ttl_s: int = Field(300, ge=1, le=7 * 24 * 3600)
+
     # Checkpoint retention: keep the newest N plus the best one.
     checkpoint_keep_last: int = Field(3, ge=1)
     checkpoint_keep_best: bool = True
@@ -147,6 +167,15 @@ class Settings(BaseSettings):
             self.mnist_dir = data / "mnist"
         if self.datasets_dir is None:
             self.datasets_dir = self.storage_dir / "datasets"
+        if self.artifact_cache_dir is None:
+            self.artifact_cache_dir = data / "cache"
+        if self.artifact_store == "s3" and not self.s3_bucket:
+            # (any environment: an s3 store without a bucket has nowhere to write)
+            raise ValueError(
+                "CELIF_ARTIFACT_STORE=s3 needs CELIF_S3_BUCKET set (the bucket name, e.g. "
+                "celif-artifacts); for a non-AWS store also CELIF_S3_ENDPOINT_URL "
+                "(e.g. http://minio:9000)"
+            )
         return self
 
     @property

@@ -19,11 +19,12 @@ import numpy as np
 from sqlalchemy.orm import Session
 
 from celif_core.spec import NO_LIMITS, JobSpec, SpecError, validate_spec
+from jobstore.artifacts import dataset_key
 from jobstore.datasets import job_dataset_error
-from jobstore.db.models import Checkpoint, Job, User
+from jobstore.db.models import Checkpoint, Dataset, Job, User
 from jobstore.settings import Settings
 from service.errors import NotFound, ServiceError, ServiceUnavailable, Unprocessable
-from service.jobs.service import get_owned_job, resolve_checkpoint
+from service.jobs.service import fetch_artifact, get_owned_job, resolve_checkpoint
 from service.ttlcache import TTLCache
 
 # Tasks whose networks were trained on one sequence length; others (adding) generalise to any T
@@ -237,7 +238,7 @@ def _resolve(
 ) -> tuple[Job, JobSpec, Checkpoint, Path]:
     """The user's job, its spec, and the checkpoint ``ref`` names (row and file)."""
     job = get_owned_job(session, user, job_id)
-    ckpt, path = resolve_checkpoint(session, job, ref, storage_dir=settings.storage_dir)
+    ckpt, path = resolve_checkpoint(session, job, ref, settings=settings)
     return job, _spec_of(session, job), ckpt, path
 
 
@@ -329,7 +330,7 @@ def predict_target(
     found = lookups.get(ckpt_key)
     if found is None:
         job = job or get_owned_job(session, user, job_id)
-        ckpt, path = resolve_checkpoint(session, job, checkpoint, storage_dir=settings.storage_dir)
+        ckpt, path = resolve_checkpoint(session, job, checkpoint, settings=settings)
         found = (CheckpointInfo(ckpt.id, ckpt.step, ckpt.sha256), path)
         lookups.put(ckpt_key, found)
     return PredictTarget(job_id, spec, found[0], found[1], x, ckpt_key)
@@ -601,7 +602,13 @@ def te_similarity_png(result: dict[str, Any]) -> bytes:
 
 # ----------------------------------------------------------------------------- samples
 def samples_for_spec(
-    spec: JobSpec, *, split: str, n: int, offset: int, settings: Settings
+    spec: JobSpec,
+    *,
+    split: str,
+    n: int,
+    offset: int,
+    settings: Settings,
+    datasets_dir: Path | None = None,
 ) -> dict[str, Any]:
     from service import inference
 
@@ -620,7 +627,7 @@ def samples_for_spec(
             n=n,
             offset=offset,
             mnist_dir=settings.mnist_dir,
-            datasets_dir=settings.datasets_dir,
+            datasets_dir=datasets_dir or settings.datasets_dir,
         )
     except inference.DataUnavailable as exc:
         raise NotFound(str(exc)) from None
@@ -649,7 +656,14 @@ def job_samples(
     settings: Settings,
 ) -> dict[str, Any]:
     spec = _spec_of(session, get_owned_job(session, user, job_id))
-    return samples_for_spec(spec, split=split, n=n, offset=offset, settings=settings)
+    datasets_dir = None
+    if spec.task.name == "dataset":  # (its owner owns it: _spec_of checked)
+        row = session.get(Dataset, spec.task.params.dataset_id)
+        what = f"dataset {row.id}"
+        datasets_dir = fetch_artifact(settings, dataset_key(row.path), row.sha256, what).parent
+    return samples_for_spec(
+        spec, split=split, n=n, offset=offset, settings=settings, datasets_dir=datasets_dir
+    )
 
 
 def task_samples(
