@@ -92,12 +92,14 @@ class Settings(BaseSettings):
     # Requests waiting for a worker beyond the running ones; one more is a 503 + Retry-After.
     predict_queue_size: int = Field(32, ge=0)
     predict_retry_after_s: int = Field(1, ge=1)
-    # Dynamic batching: concurrent requests for the same checkpoint and step count gathered
-    # for at most predict_batch_wait_ms, up to predict_max_batch_steps sequences x steps, run
-    # as one forward. "auto": on where it measured faster (CUDA); off on CPU, where the
-    # side-by-side benchmark (docs/benchmarks.md) showed no gain.
+    # Dynamic batching: requests for the same checkpoint and step count that arrive while
+    # every predict worker is busy are gathered into the next forward (a lone request waits
+    # for nothing), up to predict_max_batch_steps sequences x steps. "auto": per model, where
+    # it measured cheaper per sequence when the model was loaded (on the CPU: small models
+    # gain, the paper-size one loses; docs/benchmarks.md). predict_batch_wait_ms > 0 also
+    # holds each batch that long after its first request, even with a worker free.
     predict_batching: Literal["auto", "on", "off"] = "auto"
-    predict_batch_wait_ms: float = Field(2.0, ge=0, le=1000)
+    predict_batch_wait_ms: float = Field(0.0, ge=0, le=1000)
     predict_max_batch_steps: int = Field(64 * 784, ge=1)
     # Live job events (SSE): on PostgreSQL a stream wakes on LISTEN/NOTIFY (the appends notify
     # at commit) instead of polling; off, or on SQLite, it polls every 0.5 s.
