@@ -375,6 +375,27 @@ def warm_up(url: str, token: str, job_id: str, inputs: list, processes: int) -> 
                 timed_predict(c, job_id, inputs, fmt)
 
 
+def auto_decision(checkpoint: Path) -> str:
+    """What predict_batching="auto" decides for this model on this machine (the server's own
+    measurement, `inference.calibrate_batching`, run here at one torch thread)."""
+    import torch
+
+    from celif_core.checkpoint import load_model
+    from service.inference import LoadedModel, calibrate_batching
+
+    torch.set_num_threads(1)
+    model, spec, metadata = load_model(checkpoint)
+    loaded = LoadedModel("bench", model, spec, metadata, 0.0)
+    calibrate_batching(loaded)
+    cal = loaded.calibration
+    if "batched_per_sequence_s" not in cal:
+        return f"off (one forward {1000 * cal['alone_s']:.1f} ms CPU: compute-bound)"
+    return (
+        f"{'on' if loaded.batching else 'off'} (CPU per sequence: alone "
+        f"{1000 * cal['alone_s']:.2f} ms, in a batch of 8 {1000 * cal['batched_per_sequence_s']:.2f} ms)"
+    )
+
+
 def in_process_forward(checkpoint: Path, inputs: list, *, threads: int, repeats: int) -> float:
     """Median ms of `model.run` on `inputs` in this process (torch at `threads` threads)."""
     import numpy as np
@@ -577,6 +598,7 @@ def main(argv: list[str] | None = None) -> int:
                     forward[(n, threads)] = in_process_forward(
                         checkpoint, inputs, threads=threads, repeats=40 if n == 1 else 5
                     )
+        auto = auto_decision(checkpoint) if checkpoint is not None else "not measured"
         sizes = [one] + ([] if args.no_64 else [batch])
         cases = []
         for mode, processes in setups:
@@ -614,6 +636,7 @@ def main(argv: list[str] | None = None) -> int:
           f"second call {cache['second_ms']:.0f} ms (cached={cache['second_cached']})")  # fmt: skip
     for (n, threads), ms in forward.items():
         print(f"in-process forward, {n} x 784 steps, torch threads {threads}: {ms:.2f} ms")
+    print(f"predict_batching=auto for this model: {auto}")
     print()
     print("| server | run | sequences x 784 steps | format | clients | requests | p50 ms | p99 ms | sequences/s | server CPU ms/request | client CPU ms/request |")  # fmt: skip
     print("| --- | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
@@ -634,7 +657,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         forward_rows = [{"sequences": n, "threads": t, "ms": ms} for (n, t), ms in forward.items()]
         args.json.write_text(json.dumps({
-            "client": how, "priority": priority, "cache": cache, "forward": forward_rows,
+            "client": how, "priority": priority, "cache": cache, "forward": forward_rows, "auto": auto,
             "cases": cases, "summary": summary,
         }, indent=2))  # fmt: skip
     return 0
