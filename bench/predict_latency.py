@@ -390,9 +390,10 @@ def auto_decision(checkpoint: Path) -> str:
     cal = loaded.calibration
     if "batched_per_sequence_s" not in cal:
         return f"off (one forward {1000 * cal['alone_s']:.1f} ms CPU: compute-bound)"
+    on = f"on, up to {loaded.max_batch} sequences per forward" if loaded.batching else "off"
     return (
-        f"{'on' if loaded.batching else 'off'} (CPU per sequence: alone "
-        f"{1000 * cal['alone_s']:.2f} ms, in a batch of 8 {1000 * cal['batched_per_sequence_s']:.2f} ms)"
+        f"{on} (CPU per sequence: alone {1000 * cal['alone_s']:.2f} ms, at the best batch size "
+        f"{1000 * cal['batched_per_sequence_s']:.2f} ms)"
     )
 
 

@@ -48,6 +48,7 @@ class LoadedModel:
     # predict_batching="auto": whether gathering concurrent requests into one forward measured
     # cheaper per sequence for this model (`calibrate_batching`); None: not measured.
     batching: bool | None = None
+    max_batch: int | None = None  # sequences per batched forward, where batching
     calibration: dict[str, float] | None = None
 
 
@@ -269,12 +270,13 @@ def predict_many(
 
 
 # ----------------------------------------------------------------------------- batching on CPU
-# On the CPU a batch of B sequences costs B x the matrix products (no saving there) but the
-# ~90 torch calls of a forward only once: a small model's forward is mostly those calls and
-# gains (measured, 784 steps: [64, 88, 88] 0.89 -> 0.44 ms per sequence at B=16; [64, 64]
-# 0.47 -> 0.20), the paper-size [64, 256, 256] loses (2.0 -> 2.4: its activations leave the
-# cache). So "auto" measures each model once, when it is loaded.
-CALIBRATION_BATCH = 8
+# On the CPU a batch of B sequences costs B x the matrix products but the ~90 torch calls of a
+# forward only once, and its activations (T x B x neurons) must stay in the cache. Measured,
+# 784 steps, CPU per sequence (minimum of repeats, one thread): the paper-size [64, 256, 256]
+# 1.8-1.9 ms alone, 1.3-1.5 at B=3..8, 2.7-2.8 at B=16; [64, 88, 88] 0.89 -> 0.44 at B=16;
+# [64, 64] 0.47 -> 0.20. So "auto" measures each model once, when it is loaded, and batches
+# it (up to the best batch size measured) only where that gains.
+CALIBRATION_SIZES = (1, 2, 4, 8)
 CALIBRATION_REPEATS = 3
 CALIBRATION_MAX_FORWARD_S = 0.05  # a forward over this at B=1 is compute-bound: not batched
 BATCHING_GAIN = 0.8  # batch when a sequence costs at most this fraction of its cost alone
@@ -287,14 +289,14 @@ def batching_gains(alone_s: float, batched_s: float) -> bool:
 
 
 def calibrate_batching(loaded: LoadedModel) -> None:
-    """Set `loaded.batching`: the CPU time (this thread's, so other load does not count) per
-    sequence of a forward of one sequence and of `CALIBRATION_BATCH`, medians of a few, on
-    inputs of the model's own T and F. Results are the same either way (batched == alone);
-    only the speed depends on it."""
+    """Set `loaded.batching` and `loaded.max_batch`: the CPU time (this thread's) per sequence
+    of forwards of 1, 2, 4, 8 sequences of the model's own T and F, the minimum of a few each
+    (other load only ever adds to it); batching where the best size gains, up to that size.
+    Answers are the same either way (batched == alone); only the speed depends on it."""
     spec = loaded.spec
-    steps = spec.seq_len
     rng = np.random.default_rng(0)
-    x = torch.from_numpy(rng.random((CALIBRATION_BATCH, steps, spec.input_size), dtype=np.float32))
+    size = max(CALIBRATION_SIZES)
+    x = torch.from_numpy(rng.random((size, spec.seq_len, spec.input_size), dtype=np.float32))
     spiking = spec.model.neuron != "lstm"
 
     def cpu_of(batch: torch.Tensor) -> float:
@@ -302,17 +304,20 @@ def calibrate_batching(loaded: LoadedModel) -> None:
         loaded.model.run(batch, record_spikes=spiking)
         return time.thread_time() - start
 
+    per_sequence: dict[int, float] = {}
     with torch.inference_mode():
         first = cpu_of(x[:1])  # also the warm-up
         if first > CALIBRATION_MAX_FORWARD_S:
-            loaded.batching, loaded.calibration = False, {"alone_s": first}
+            loaded.batching, loaded.max_batch = False, 1
+            loaded.calibration = {"alone_s": first}
             return
-        alone = sorted(cpu_of(x[:1]) for _ in range(CALIBRATION_REPEATS))[CALIBRATION_REPEATS // 2]
-        cpu_of(x)
-        batched = sorted(cpu_of(x) for _ in range(CALIBRATION_REPEATS))[CALIBRATION_REPEATS // 2]
-    per_seq = batched / CALIBRATION_BATCH
-    loaded.calibration = {"alone_s": alone, "batched_per_sequence_s": per_seq}
-    loaded.batching = batching_gains(alone, per_seq)
+        for b in CALIBRATION_SIZES:
+            per_sequence[b] = min(cpu_of(x[:b]) for _ in range(CALIBRATION_REPEATS)) / b
+    best = min(per_sequence, key=per_sequence.get)
+    alone = per_sequence[1]
+    loaded.calibration = {"alone_s": alone, "batched_per_sequence_s": per_sequence[best]}
+    loaded.batching = best > 1 and batching_gains(alone, per_sequence[best])
+    loaded.max_batch = best if loaded.batching else 1
 
 
 class QueueFull(Exception):
@@ -383,16 +388,24 @@ class Batcher:
         return sum(len(b.items) for b in self._waiting)
 
     async def run(
-        self, key: Any, steps: int, item: Any, runner: Callable[[list[Any]], list[Any]]
+        self,
+        key: Any,
+        steps: int,
+        item: Any,
+        runner: Callable[[list[Any]], list[Any]],
+        max_steps: int | None = None,
     ) -> Any:
+        """`item`'s result from `runner` (run on the pool with the items of its batch); a
+        batch of `key` holds at most `max_steps` (default: the batcher's) sequences x steps."""
         loop = asyncio.get_running_loop()
+        limit = min(max_steps or self.max_steps, self.max_steps)
         if self._running >= self.pool.workers and self._queued() >= self.pool.queue_size:
             raise QueueFull(
                 f"{self._running} batched forward passes are running and {self._queued()} "
                 "requests waiting (settings.predict_workers, settings.predict_queue_size)"
             )
         batch = self._open.get(key)
-        if batch is not None and batch.steps + steps > self.max_steps:
+        if batch is not None and batch.steps + steps > limit:
             self._close(batch)
             batch = None
         if batch is None:
@@ -403,7 +416,7 @@ class Batcher:
         future = loop.create_future()
         batch.items.append((item, future))
         batch.steps += steps
-        if batch.steps >= self.max_steps:
+        if batch.steps >= limit:
             self._close(batch)
         self._dispatch()
         return await future

@@ -460,11 +460,14 @@ async def run_predict(target: PredictTarget, *, runtime: Runtime, **kwargs: Any)
         else:
             x = target.inputs
             key = (target.checkpoint.sha256, x.shape[1], x.shape[2])
+            loaded = runtime.cache.peek(target.checkpoint.sha256)
+            most = loaded.max_batch if loaded is not None and loaded.max_batch else None
             result = await runtime.batcher.run(
                 key,
                 x.shape[0] * x.shape[1],
                 (target, kwargs),
                 lambda items: predict_batch(items, runtime),
+                max_steps=most * x.shape[1] if runtime.batching == "auto" and most else None,
             )
     except inference.QueueFull as exc:
         raise _queue_full(exc, runtime) from None

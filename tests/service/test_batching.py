@@ -63,16 +63,19 @@ def test_a_lone_request_goes_at_once_and_waiting_ones_share_the_next_forward():
     assert seen == [["block"], [0, 1, 2], ["x"]]  # one forward for the three, oldest first
 
 
-def test_a_batch_holds_at_most_max_steps():
+@pytest.mark.parametrize("per_call", [False, True])
+def test_a_batch_holds_at_most_max_steps(per_call):
     pool = _pool()
     release, seen = threading.Event(), []
     runner = _blocking_runner(release, seen)
 
     async def scenario() -> None:
-        batcher = inference.Batcher(pool, wait_s=0, max_steps=2)
-        first = asyncio.create_task(batcher.run("k", 1, "block", runner))
+        # The batcher's limit, or a smaller one given with the request (auto: per model).
+        batcher = inference.Batcher(pool, wait_s=0, max_steps=100 if per_call else 2)
+        most = 2 if per_call else None
+        first = asyncio.create_task(batcher.run("k", 1, "block", runner, most))
         await asyncio.sleep(0)
-        rest = [asyncio.create_task(batcher.run("k", 1, i, runner)) for i in range(3)]
+        rest = [asyncio.create_task(batcher.run("k", 1, i, runner, most)) for i in range(3)]
         await asyncio.sleep(0)
         release.set()
         await asyncio.wait_for(asyncio.gather(first, *rest), 30)
@@ -140,9 +143,11 @@ def test_auto_batches_a_model_as_its_load_measured(db, psettings, trained, token
         assert loaded.batching == inference.batching_gains(
             loaded.calibration["alone_s"], loaded.calibration["batched_per_sequence_s"]
         )
+        assert loaded.max_batch in inference.CALIBRATION_SIZES
+        assert (loaded.max_batch > 1) == loaded.batching
         answers = []
         for gains in (True, False):
-            loaded.batching = gains
+            loaded.batching, loaded.max_batch = gains, 4
             before = runtime.batcher.batches
             r = c.post(f"/api/v1/jobs/{job}/predict", json=x)
             assert r.status_code == 200, r.text
