@@ -340,7 +340,8 @@ class LocalServer:
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         env = {k: v for k, v in os.environ.items() if not k.startswith("CELIF_")}
-        env.update(PYTHONPATH=str(REPO), CELIF_DATA_DIR=str(settings.data_dir), **env_extra)
+        env.update(PYTHONPATH=str(REPO), CELIF_DATA_DIR=str(settings.data_dir))
+        env.update(env_extra)  # --server-env last: it may set PYTHONPATH too
         if settings.mnist_dir:
             env["CELIF_MNIST_DIR"] = str(settings.mnist_dir)
         if processes > 1 and launcher == "reuseport":
