@@ -499,7 +499,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeat", type=int, default=2, help="runs of every case (the spread)")
     p.add_argument("--no-64", action="store_true", help="skip the 64-sequence cases")
     p.add_argument("--formats", default="json,npy")
-    p.add_argument("--batching", default="off,on", help="--local: a server per setting")
+    p.add_argument("--batching", default="off,on,auto", help="--local: a server per setting")
     p.add_argument(
         "--processes", default="1,2", help="--local: API processes per server, a server each"
     )
