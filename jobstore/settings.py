@@ -95,9 +95,9 @@ class Settings(BaseSettings):
     # Dynamic batching: requests for the same checkpoint and step count that arrive while
     # every predict worker is busy are gathered into the next forward (a lone request waits
     # for nothing), up to predict_max_batch_steps sequences x steps. "auto": per model, where
-    # it measured cheaper per sequence when the model was loaded (on the CPU: small models
-    # gain, the paper-size one loses; docs/benchmarks.md). predict_batch_wait_ms > 0 also
-    # holds each batch that long after its first request, even with a worker free.
+    # it measured cheaper per sequence when the model was loaded, up to the best batch size
+    # measured (on the CPU small models gain most; docs/predict.md). predict_batch_wait_ms > 0
+    # also holds each batch that long after its first request, even with a worker free.
     predict_batching: Literal["auto", "on", "off"] = "auto"
     predict_batch_wait_ms: float = Field(0.0, ge=0, le=1000)
     predict_max_batch_steps: int = Field(64 * 784, ge=1)
