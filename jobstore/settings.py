@@ -112,15 +112,22 @@ class Settings(BaseSettings):
     # so concurrent requests never oversubscribe the CPU.
     predict_workers: int | None = Field(None, ge=1, le=256)
     predict_torch_threads: int | None = Field(None, ge=1, le=1024)
+    # API processes serving on this host (`python -m service.predict.launch --processes N` sets
+    # it for each): the derived pool sizes divide the cores among them. One process cannot use
+    # two cores for /predict (the GIL: its event loop and forwards take turns), so a host with
+    # several cores serves prediction traffic from several processes (docs/predict.md).
+    api_processes: int = Field(1, ge=1, le=256)
     # Requests waiting for a worker beyond the running ones; one more is a 503 + Retry-After.
     predict_queue_size: int = Field(32, ge=0)
     predict_retry_after_s: int = Field(1, ge=1)
-    # Dynamic batching: concurrent requests for the same checkpoint and step count gathered
-    # for at most predict_batch_wait_ms, up to predict_max_batch_steps sequences x steps, run
-    # as one forward. "auto": on where it measured faster (CUDA); off on CPU, where the
-    # side-by-side benchmark (docs/benchmarks.md) showed no gain.
+    # Dynamic batching: requests for the same checkpoint and step count that arrive while
+    # every predict worker is busy are gathered into the next forward (a lone request waits
+    # for nothing), up to predict_max_batch_steps sequences x steps. "auto": per model, where
+    # it measured cheaper per sequence when the model was loaded, up to the best batch size
+    # measured (on the CPU small models gain most; docs/predict.md). predict_batch_wait_ms > 0
+    # also holds each batch that long after its first request, even with a worker free.
     predict_batching: Literal["auto", "on", "off"] = "auto"
-    predict_batch_wait_ms: float = Field(2.0, ge=0, le=1000)
+    predict_batch_wait_ms: float = Field(0.0, ge=0, le=1000)
     predict_max_batch_steps: int = Field(64 * 784, ge=1)
     # Live job events (SSE): on PostgreSQL a stream wakes on LISTEN/NOTIFY (the appends notify
     # at commit) instead of polling; off, or on SQLite, it polls every 0.5 s.
@@ -199,11 +206,12 @@ class Settings(BaseSettings):
 
     @property
     def predict_parallelism(self) -> tuple[int, int]:
-        """(workers, torch threads per worker) of the predict pool."""
+        """(workers, torch threads per worker) of this process's predict pool: unset, workers x
+        threads = the cores this process may use, divided among `api_processes`."""
         import os
 
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
-        cores = max(1, cores or os.cpu_count() or 1)
+        cores = max(1, (cores or os.cpu_count() or 1) // self.api_processes)
         workers = self.predict_workers or max(1, cores // (self.predict_torch_threads or 1))
         threads = self.predict_torch_threads or max(1, cores // workers)
         return workers, threads

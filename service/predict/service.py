@@ -53,15 +53,17 @@ class Runtime:
     pool: Any = None
     lookups: TTLCache | None = None
     retry_after_s: int = 1
-    batcher: Any = None  # inference.Batcher when dynamic batching is on
+    batcher: Any = None  # inference.Batcher unless predict_batching is "off"
+    batching: str = "off"  # settings.predict_batching
 
 
 _RUNTIME_LOCK = threading.Lock()
 
 
 def batching_enabled(settings: Settings) -> bool:
-    # The API loads models on the CPU (inference.ModelCache): "auto" is off there.
-    return settings.predict_batching == "on"
+    """ "on", or "auto": per model, where it measured cheaper (`inference.calibrate_batching`,
+    once at the model's load; the API loads models on the CPU, where that is model-dependent)."""
+    return settings.predict_batching != "off"
 
 
 def get_runtime(state: Any, settings: Settings) -> Runtime:
@@ -74,8 +76,12 @@ def get_runtime(state: Any, settings: Settings) -> Runtime:
                 from service import inference
 
                 workers, threads = settings.predict_parallelism
+                auto = settings.predict_batching == "auto"
                 runtime = Runtime(
-                    cache=inference.ModelCache(settings.model_cache_size),
+                    cache=inference.ModelCache(
+                        settings.model_cache_size,
+                        on_load=inference.calibrate_batching if auto else None,
+                    ),
                     streams=inference.StreamStore(
                         ttl_s=STREAM_TTL_S,
                         max_streams=settings.max_streams,
@@ -88,6 +94,7 @@ def get_runtime(state: Any, settings: Settings) -> Runtime:
                     ),
                     lookups=TTLCache(settings.predict_lookup_ttl_s),
                     retry_after_s=settings.predict_retry_after_s,
+                    batching=settings.predict_batching,
                 )
                 if batching_enabled(settings):
                     runtime.batcher = inference.Batcher(
@@ -368,6 +375,18 @@ def predict(
     }
 
 
+def batches(runtime: Runtime, target: PredictTarget) -> bool:
+    """Whether the request joins the batcher: a batchable network, and batching "on", or
+    "auto" with the model loaded and measured to gain. (Its first request, which loads it, runs
+    alone.)"""
+    if runtime.batcher is None or not batchable(target.spec):
+        return False
+    if runtime.batching == "on":
+        return True
+    loaded = runtime.cache.peek(target.checkpoint.sha256)
+    return loaded is not None and bool(loaded.batching)
+
+
 def batchable(spec: JobSpec) -> bool:
     """Feedforward spiking networks only: each of their matmuls has T x B rows, so a row's
     result does not depend on the batch (celif_core.models.linear_rows); recurrent layers and
@@ -437,16 +456,19 @@ async def run_predict(target: PredictTarget, *, runtime: Runtime, **kwargs: Any)
     from service import inference
 
     try:
-        if runtime.batcher is None or not batchable(target.spec):
+        if not batches(runtime, target):
             result = await runtime.pool.run(predict, target, runtime=runtime, **kwargs)
         else:
             x = target.inputs
             key = (target.checkpoint.sha256, x.shape[1], x.shape[2])
+            loaded = runtime.cache.peek(target.checkpoint.sha256)
+            most = loaded.max_batch if loaded is not None and loaded.max_batch else None
             result = await runtime.batcher.run(
                 key,
                 x.shape[0] * x.shape[1],
                 (target, kwargs),
                 lambda items: predict_batch(items, runtime),
+                max_steps=most * x.shape[1] if runtime.batching == "auto" and most else None,
             )
     except inference.QueueFull as exc:
         raise _queue_full(exc, runtime) from None
