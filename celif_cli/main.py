@@ -1,7 +1,8 @@
 """The `celif` console script.
 
     celif serve [--host 127.0.0.1] [--port 8000] [--data-dir DIR] [--demo]
-    celif worker [--data-dir DIR] [--queue celif] [--loglevel INFO]
+    celif worker [--data-dir DIR] [--queues gpu,cpu,any|all] [--loglevel INFO]
+    celif worker --ping [--worker-id ID]     (exit 0 when this host's worker is online)
     celif token create --name NAME [--data-dir DIR]
     celif db upgrade [--data-dir DIR]
     celif reproduce --recipes NAME|GLOB|SET ... [--url URL] [--token T] [--out DIR] ...
@@ -83,7 +84,7 @@ def cmd_token_create(args) -> int:
     return 0
 
 
-def worker_argv(queue: str, loglevel: str, concurrency: int = 1) -> list[str]:
+def worker_argv(queues: str, loglevel: str, concurrency: int = 1) -> list[str]:
     quiet = ["--quiet"] if loglevel in ("WARNING", "ERROR") else []  # no banner
     return [
         *quiet,
@@ -91,7 +92,7 @@ def worker_argv(queue: str, loglevel: str, concurrency: int = 1) -> list[str]:
         f"--loglevel={loglevel}",
         f"--concurrency={concurrency}",
         "--pool=prefork",  # the job runs in a forked child: CUDA is initialised there only
-        f"--queues={queue}",
+        f"--queues={queues}",
         f"--hostname=celif-{os.getpid()}@%h",
         "--without-mingle",
         "--without-gossip",
@@ -100,11 +101,76 @@ def worker_argv(queue: str, loglevel: str, concurrency: int = 1) -> list[str]:
 
 def cmd_worker(args) -> int:
     settings = _apply_data_dir(args.data_dir)
-    _prepare_dirs(settings)
-    from worker.app import celery_app
+    if args.ping:
+        return ping_worker(settings, args.worker_id)
+    if args.worker_id is not None:
+        print("celif worker: --worker-id goes with --ping", file=sys.stderr)
+        return 2
+    from jobstore.queue import QUEUES
+    from worker.devices import detect_devices
 
-    celery_app.worker_main(argv=worker_argv(args.queue, args.loglevel))
+    devices = detect_devices()
+    every = args.queues == ("all",)
+    kinds = tuple(QUEUES) if every else args.queues
+    kinds = kinds or (("gpu", "any") if "cuda" in devices else ("cpu", "any"))
+    if "gpu" in kinds and "cuda" not in devices and not every:
+        # `all` (the embedded worker) is exempt: on one machine no GPU worker will ever come,
+        # so a cuda job there fails at once with the trainer's "no CUDA device" instead.
+        print(
+            "celif worker: --queues gpu needs a CUDA device and torch sees none on this host; "
+            "use --queues cpu,any (or leave --queues out: it follows the devices found)",
+            file=sys.stderr,
+        )
+        return 2
+    _prepare_dirs(settings)
+    from worker.app import DEVICES_CONF_KEY, celery_app
+
+    celery_app.conf[DEVICES_CONF_KEY] = list(devices)
+    names = ",".join(QUEUES[k] for k in kinds)
+    celery_app.worker_main(argv=worker_argv(names, args.loglevel))
     return 0
+
+
+def ping_worker(settings, worker_id: str | None = None) -> int:
+    """The health check: 0 when a worker of this host (or the one named) has refreshed its
+    registry row within `worker_offline_after_s` and not stopped; 1 otherwise, saying why.
+    Reads the database only (no broker, no torch): fast enough for a container HEALTHCHECK,
+    and it fails when the worker cannot reach the database it needs to claim jobs."""
+    import socket
+
+    from jobstore import workers
+    from jobstore.db.session import session_scope
+
+    host = socket.gethostname()
+    who = f"worker {worker_id}" if worker_id else f"a worker on host {host}"
+    if settings.database_url.startswith("sqlite:///"):
+        path = Path(settings.database_url.removeprefix("sqlite:///"))
+        if not path.exists():
+            print(f"celif worker --ping: no database at {path}: no worker ever ran here", file=sys.stderr)  # fmt: skip
+            return 1
+    try:
+        with session_scope(settings.database_url) as session:
+            census = workers.census(session, settings.worker_offline_after_s)
+    except Exception as exc:
+        print(f"celif worker --ping: cannot read the worker registry: {exc}", file=sys.stderr)
+        return 1
+    mine = [w for w in census.workers if (w.id == worker_id if worker_id else w.host == host)]
+    for w in mine:
+        if w.online:
+            seen = workers.ago(census.now - w.last_seen)
+            print(f"ok: worker {w.id} online, queues {','.join(w.queues)}, last seen {seen}")
+            return 0
+    if not mine:
+        print(f"celif worker --ping: {who} has never announced itself", file=sys.stderr)
+        return 1
+    last = max(mine, key=lambda w: w.last_seen)
+    print(
+        f"celif worker --ping: {who} is offline: {last.id} last seen "
+        f"{workers.ago(census.now - last.last_seen)} (offline after "
+        f"{settings.worker_offline_after_s:g} s without a refresh, or stopped)",
+        file=sys.stderr,
+    )
+    return 1
 
 
 def cmd_reproduce(args) -> int:
@@ -158,7 +224,10 @@ class WorkerSupervisor:
         self._thread = threading.Thread(target=self._loop, name="worker-supervisor", daemon=True)
 
     def _spawn(self) -> subprocess.Popen:
-        cmd = [sys.executable, "-m", "celif_cli.main", "worker", "--loglevel", self.loglevel]
+        # One machine: the embedded worker takes every queue (a cuda job on a host without CUDA
+        # fails with the trainer's message rather than waiting for a GPU worker that never comes).
+        cmd = [sys.executable, "-m", "celif_cli.main", "worker", "--queues", "all"]
+        cmd += ["--loglevel", self.loglevel]
         # Own process group: a stop takes down the pool child too. If `celif serve` itself is
         # killed, the kernel sends the worker SIGTERM (Linux), so no orphan keeps training.
         return subprocess.Popen(
@@ -393,7 +462,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("worker", parents=[data_dir, loglevel], help="run one Celery worker")
-    p.add_argument("--queue", default=None, help="queue to consume (default: celif)")
+    p.add_argument(
+        "--queues",
+        type=_queue_kinds,
+        default=None,
+        metavar="KINDS",
+        help="queues to consume, comma-separated: gpu (cuda jobs), cpu (cpu jobs), any (auto "
+        "jobs), or all; default: gpu,any with a CUDA device, cpu,any without",
+    )
+    p.add_argument(
+        "--ping",
+        action="store_true",
+        help="health check: exit 0 when this host's worker is online (its registry row fresh)",
+    )
+    p.add_argument("--worker-id", help="with --ping: this worker (celif-PID@HOST), not any")
     p.set_defaults(func=cmd_worker)
 
     p = sub.add_parser("token", help="API tokens")
@@ -552,6 +634,21 @@ def _http_url(value: str) -> str:
     return value.rstrip("/")
 
 
+def _queue_kinds(value: str) -> tuple[str, ...]:
+    from jobstore.queue import QUEUES
+
+    kinds = [k.strip() for k in value.split(",") if k.strip()]
+    if kinds == ["all"]:
+        return ("all",)
+    unknown = [k for k in kinds if k not in QUEUES]
+    if unknown or not kinds:
+        raise argparse.ArgumentTypeError(
+            f"unknown queue {', '.join(map(repr, unknown or [value]))}; expected a "
+            f"comma-separated list of {', '.join(QUEUES)}, or all"
+        )
+    return tuple(dict.fromkeys(kinds))
+
+
 def _positive_float(value: str) -> float:
     try:
         x = float(value)
@@ -582,10 +679,6 @@ def main(argv: list[str] | None = None) -> int:
         stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    if getattr(args, "queue", "x") is None:
-        from jobstore.queue import QUEUE
-
-        args.queue = QUEUE
     return int(args.func(args) or 0)
 
 

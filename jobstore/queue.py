@@ -1,7 +1,13 @@
 """The job queue: the broker configuration the API and the workers share, and its producer.
 
 Hand a committed job to the workers. Called only after the job row is committed (a worker that
-gets the message always finds the row); the message carries the job id, never the spec."""
+gets the message always finds the row); the message carries the job id, never the spec.
+
+Jobs go to a queue per device kind (DESIGN.md §6): `training.device` cuda -> `gpu`, cpu -> `cpu`,
+auto -> `any` (`job_queue`, the one place that decides). A worker consumes the kinds it can run
+(`celif worker --queues`; by default `gpu,any` with a CUDA device, `cpu,any` without), so an
+auto job runs on whichever worker is free first. Every send (after submit, a re-queue, the
+reaper's re-send, a study release) goes through `enqueue_job`, which reads the job's spec."""
 
 from __future__ import annotations
 
@@ -10,9 +16,11 @@ import json
 import logging
 import threading
 import time
+from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+from celif_core.catalog import DEVICES
 from jobstore.settings import Settings, get_settings
 
 if TYPE_CHECKING:  # Celery is imported when the first app is built: importing the API stays light
@@ -21,7 +29,25 @@ if TYPE_CHECKING:  # Celery is imported when the first app is built: importing t
 log = logging.getLogger(__name__)
 
 TASK_NAME = "celif.run_job"
-QUEUE = "celif"
+QUEUE = "celif"  # the `any` queue (the one queue there was before device queues)
+
+# Queue kind (what `celif worker --queues` and JobOut.queue name) -> the broker's queue name.
+QUEUES: dict[str, str] = {"gpu": "celif.gpu", "cpu": "celif.cpu", "any": QUEUE}
+# training.device -> queue kind.
+DEVICE_QUEUES: dict[str, str] = {"cuda": "gpu", "cpu": "cpu", "auto": "any"}
+assert set(DEVICE_QUEUES) == set(DEVICES), "every device of the spec has a queue"
+
+
+def job_queue(spec: Mapping[str, Any] | None) -> str:
+    """The queue kind of a job: from its (validated, defaults filled) spec's `training.device`."""
+    device = ((spec or {}).get("training") or {}).get("device") or "auto"
+    try:
+        return DEVICE_QUEUES[device]
+    except KeyError:
+        raise ValueError(
+            f"training.device {device!r} has no queue; expected one of {sorted(DEVICE_QUEUES)}"
+        ) from None
+
 
 # A training job holds its (late-acked) message for its whole run. Redis re-delivers an unacked
 # message after the visibility timeout; a re-delivery is harmless (the claim is idempotent and a
@@ -49,6 +75,7 @@ def make_celery(settings: Settings | None = None, *, include: tuple[str, ...] = 
     """A Celery app for the job queue. The workers pass their task modules as `include`; a
     producer (the API, the reaper) needs none: it sends by task name."""
     from celery import Celery
+    from kombu import Exchange, Queue
 
     settings = settings or get_settings()
     broker = settings.broker_url
@@ -56,6 +83,9 @@ def make_celery(settings: Settings | None = None, *, include: tuple[str, ...] = 
         broker = "filesystem://localhost//"  # same transport; spares kombu's "no hostname" warning
     app = Celery("celif", broker=broker, include=list(include))
     app.conf.update(
+        # Each queue on its own direct exchange of the same name: what Celery makes for a
+        # default queue, so a message sent before device queues existed still lands in `celif`.
+        task_queues=[Queue(name, Exchange(name), routing_key=name) for name in QUEUES.values()],
         broker_transport_options=broker_transport_options(settings),
         broker_connection_retry_on_startup=True,
         task_default_queue=QUEUE,
@@ -94,7 +124,27 @@ def producer_app(settings: Settings | None = None) -> Celery:
 
 
 def enqueue_job(job_id: str, settings: Settings | None = None) -> None:
-    producer_app(settings).send_task(TASK_NAME, args=[job_id])
+    """Send the job's message to the queue of its device (its spec read from the database, so
+    every caller sends where the submit did). A job that no longer exists is not sent."""
+    settings = settings or get_settings()
+    kind = queue_of_job(job_id, settings)
+    if kind is None:
+        log.warning("job %s not found; no message sent", job_id)
+        return
+    producer_app(settings).send_task(TASK_NAME, args=[job_id], queue=QUEUES[kind])
+
+
+def queue_of_job(job_id: str, settings: Settings | None = None) -> str | None:
+    """The queue kind of a stored job (None when there is no such job)."""
+    from sqlalchemy import select
+
+    from jobstore.db.models import Job
+    from jobstore.db.session import session_scope
+
+    settings = settings or get_settings()
+    with session_scope(settings.database_url) as session:
+        spec = session.scalar(select(Job.spec).where(Job.id == job_id))
+    return None if spec is None else job_queue(spec)
 
 
 def try_enqueue_job(job_id: str, settings: Settings | None = None) -> bool:
@@ -109,7 +159,8 @@ def try_enqueue_job(job_id: str, settings: Settings | None = None) -> bool:
 
 
 def queue_depth(settings: Settings | None = None) -> int:
-    """Messages waiting in the job queue (Redis list length, files of the filesystem broker).
+    """Messages waiting in the job queues, all kinds together (Redis list lengths, files of the
+    filesystem broker).
 
     A queue nobody has declared yet, or an empty Redis list (Redis deletes empty lists), is 0:
     the declare is not passive, which creates nothing on Redis but its binding. Raises when the
@@ -117,8 +168,8 @@ def queue_depth(settings: Settings | None = None) -> int:
     app = producer_app(settings)
     with app.connection_for_read() as conn:
         conn.ensure_connection(max_retries=1, timeout=2)
-        ok = conn.default_channel.queue_declare(queue=app.conf.task_default_queue)
-        return int(ok.message_count)
+        channel = conn.default_channel
+        return sum(int(channel.queue_declare(queue=name).message_count) for name in QUEUES.values())
 
 
 def job_ids_in_broker(
@@ -137,15 +188,15 @@ def job_ids_in_broker(
     The filesystem broker has no unacked store: a message a worker has taken but not yet
     claimed is in no file for that moment (a re-send then is a duplicate the claim ignores)."""
     app = producer_app(settings)
-    queue = app.conf.task_default_queue
     raw: list[bytes | str] = []
     with app.connection_for_read() as conn:
         conn.ensure_connection(max_retries=1, timeout=2)
         channel = conn.default_channel
         if conn.transport_cls in ("redis", "rediss") or hasattr(channel, "unacked_key"):
             client = channel.client
-            for pri in channel.priority_steps:
-                raw.extend(client.lrange(channel._q_for_pri(queue, pri), 0, -1))
+            for queue in QUEUES.values():
+                for pri in channel.priority_steps:
+                    raw.extend(client.lrange(channel._q_for_pri(queue, pri), 0, -1))
             now = time.time()
             delivered = dict(client.zrange(channel.unacked_index_key, 0, -1, withscores=True))
             for tag, held in client.hgetall(channel.unacked_key).items():
@@ -156,9 +207,12 @@ def job_ids_in_broker(
                     raw.append(json.dumps(json.loads(held)[0]))
                 except (ValueError, TypeError, IndexError):
                     continue
-        else:  # kombu's filesystem transport: one file per waiting message
+        else:  # kombu's filesystem transport: one file per waiting message, `<id>.<queue>.msg`
             folder = Path(channel.data_folder_in)
-            for path in folder.glob(f"*.{queue}.msg"):
+            names = {f"{queue}.msg" for queue in QUEUES.values()}
+            for path in folder.iterdir():
+                if path.name.partition(".")[2] not in names:  # the transport's own rule
+                    continue
                 try:
                     raw.append(path.read_bytes())
                 except OSError:  # taken by a worker meanwhile

@@ -27,6 +27,26 @@ class Settings(BaseSettings):
     mnist_dir: Path | None = Field(None, description="MNIST IDX .gz files; default data_dir/mnist")
     datasets_dir: Path | None = Field(None, description="uploaded NPZ; default storage/datasets")
 
+    # Artifact storage (jobstore/artifacts.py): checkpoints, uploaded checkpoints and datasets.
+    # "local": files under storage_dir / datasets_dir (one host, or a shared volume); "s3": an
+    # S3-compatible object store (AWS S3, MinIO, R2, GCS interop). Credentials come from the
+    # usual AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY / AWS_SESSION_TOKEN variables (or the
+    # host's role), never from a CELIF_ setting, so they are never logged with the settings.
+    artifact_store: Literal["local", "s3"] = "local"
+    s3_bucket: str | None = Field(None, description="the bucket (required with s3)")
+    s3_prefix: str = Field("", description="key prefix inside the bucket, e.g. celif/prod")
+    s3_endpoint_url: str | None = Field(None, description="non-AWS stores: http(s)://host:port")
+    s3_region: str = "us-east-1"
+    s3_timeout_s: float = Field(60.0, gt=0, description="one request (a multipart part)")
+    # The worker's and the API's local copies of store artifacts (resume, init_from, datasets,
+    # predict); least recently used files are evicted past artifact_cache_bytes.
+    artifact_cache_dir: Path | None = Field(None, description="default data_dir/cache")
+    artifact_cache_bytes: int = Field(2 * 1024**3, ge=0)
+    # GET .../checkpoints/{ref} answers 307 to a presigned URL of the store (s3 only) instead
+    # of streaming the bytes through the API; the URL is valid for presigned_url_ttl_s.
+    download_redirect: bool = False
+    presigned_url_ttl_s: int = Field(300, ge=1, le=7 * 24 * 3600)
+
     # Checkpoint retention: keep the newest N plus the best one.
     checkpoint_keep_last: int = Field(3, ge=1)
     checkpoint_keep_best: bool = True
@@ -36,6 +56,14 @@ class Settings(BaseSettings):
     stale_after_s: float = Field(30.0, gt=0)
     reaper_interval_s: float = Field(5.0, gt=0)
     max_infra_retries: int = Field(3, ge=0, description="re-queues after worker loss")
+    # Worker registry (docs/api.md "Queues and workers"): every worker's main process refreshes
+    # its row in `workers` every worker_announce_interval_s; one not seen for
+    # worker_offline_after_s is offline (a queued job whose queue no online worker consumes says
+    # so in `waiting_for`; `celif worker --ping` fails); rows unseen for worker_forget_after_s
+    # are deleted.
+    worker_announce_interval_s: float = Field(10.0, gt=0)
+    worker_offline_after_s: float = Field(60.0, gt=0)
+    worker_forget_after_s: float = Field(7 * 24 * 3600.0, gt=0)
     max_study_trials: int = Field(256, ge=1, description="trials per study (all its searches)")
     # A job's infrastructure error (storage or database I/O, a lost device) is retried after an
     # exponential backoff with jitter: base * 2**k seconds (at most infra_retry_max_delay_s),
@@ -84,15 +112,22 @@ class Settings(BaseSettings):
     # so concurrent requests never oversubscribe the CPU.
     predict_workers: int | None = Field(None, ge=1, le=256)
     predict_torch_threads: int | None = Field(None, ge=1, le=1024)
+    # API processes serving on this host (`python -m service.predict.launch --processes N` sets
+    # it for each): the derived pool sizes divide the cores among them. One process cannot use
+    # two cores for /predict (the GIL: its event loop and forwards take turns), so a host with
+    # several cores serves prediction traffic from several processes (docs/predict.md).
+    api_processes: int = Field(1, ge=1, le=256)
     # Requests waiting for a worker beyond the running ones; one more is a 503 + Retry-After.
     predict_queue_size: int = Field(32, ge=0)
     predict_retry_after_s: int = Field(1, ge=1)
-    # Dynamic batching: concurrent requests for the same checkpoint and step count gathered
-    # for at most predict_batch_wait_ms, up to predict_max_batch_steps sequences x steps, run
-    # as one forward. "auto": on where it measured faster (CUDA); off on CPU, where the
-    # side-by-side benchmark (docs/benchmarks.md) showed no gain.
+    # Dynamic batching: requests for the same checkpoint and step count that arrive while
+    # every predict worker is busy are gathered into the next forward (a lone request waits
+    # for nothing), up to predict_max_batch_steps sequences x steps. "auto": per model, where
+    # it measured cheaper per sequence when the model was loaded, up to the best batch size
+    # measured (on the CPU small models gain most; docs/predict.md). predict_batch_wait_ms > 0
+    # also holds each batch that long after its first request, even with a worker free.
     predict_batching: Literal["auto", "on", "off"] = "auto"
-    predict_batch_wait_ms: float = Field(2.0, ge=0, le=1000)
+    predict_batch_wait_ms: float = Field(0.0, ge=0, le=1000)
     predict_max_batch_steps: int = Field(64 * 784, ge=1)
     # Live job events (SSE): on PostgreSQL a stream wakes on LISTEN/NOTIFY (the appends notify
     # at commit) instead of polling; off, or on SQLite, it polls every 0.5 s.
@@ -101,6 +136,16 @@ class Settings(BaseSettings):
     # registered) takes effect on this process within this many seconds; 0 turns caching off.
     auth_cache_ttl_s: float = Field(2.0, ge=0, le=60)
     predict_lookup_ttl_s: float = Field(2.0, ge=0, le=60)
+
+    @model_validator(mode="after")
+    def _check_worker_registry(self) -> Settings:
+        if self.worker_offline_after_s <= self.worker_announce_interval_s:
+            raise ValueError(
+                f"worker_offline_after_s ({self.worker_offline_after_s:g}) must exceed "
+                f"worker_announce_interval_s ({self.worker_announce_interval_s:g}): a live "
+                "worker would count as offline between two refreshes"
+            )
+        return self
 
     @model_validator(mode="after")
     def _fill_paths(self) -> Settings:
@@ -129,6 +174,15 @@ class Settings(BaseSettings):
             self.mnist_dir = data / "mnist"
         if self.datasets_dir is None:
             self.datasets_dir = self.storage_dir / "datasets"
+        if self.artifact_cache_dir is None:
+            self.artifact_cache_dir = data / "cache"
+        if self.artifact_store == "s3" and not self.s3_bucket:
+            # (any environment: an s3 store without a bucket has nowhere to write)
+            raise ValueError(
+                "CELIF_ARTIFACT_STORE=s3 needs CELIF_S3_BUCKET set (the bucket name, e.g. "
+                "celif-artifacts); for a non-AWS store also CELIF_S3_ENDPOINT_URL "
+                "(e.g. http://minio:9000)"
+            )
         return self
 
     @property
@@ -152,11 +206,12 @@ class Settings(BaseSettings):
 
     @property
     def predict_parallelism(self) -> tuple[int, int]:
-        """(workers, torch threads per worker) of the predict pool."""
+        """(workers, torch threads per worker) of this process's predict pool: unset, workers x
+        threads = the cores this process may use, divided among `api_processes`."""
         import os
 
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
-        cores = max(1, cores or os.cpu_count() or 1)
+        cores = max(1, (cores or os.cpu_count() or 1) // self.api_processes)
         workers = self.predict_workers or max(1, cores // (self.predict_torch_threads or 1))
         threads = self.predict_torch_threads or max(1, cores // workers)
         return workers, threads

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # The README's two commands:
 #   scripts/dev.sh serve [celif serve args]   install, then run the embedded service with a demo job
+#   scripts/dev.sh api [launch args]          install, then the API alone in several processes on one
+#                                             port (python -m service.predict.launch --processes N ...)
 #   scripts/dev.sh test  [pytest args]        install, then run the whole test suite
 # Installs into .venv (torch pinned first: an unpinned torch pulled in by another package is a
 # multi-GB CUDA build). Tests need PostgreSQL on 127.0.0.1:5432 and Redis on 127.0.0.1:6379.
@@ -38,6 +40,11 @@ case "$cmd" in
     use_shared_mnist
     exec .venv/bin/celif serve --demo "$@"
     ;;
+  api)
+    install
+    use_shared_mnist
+    exec .venv/bin/python -m service.predict.launch "$@"
+    ;;
   test)
     install
     # The full-MNIST tests read $CELIF_MNIST_DIR (skipped without it; tests/conftest.py).
@@ -46,7 +53,7 @@ case "$cmd" in
     exec .venv/bin/python -m pytest -ra "$@"
     ;;
   *)
-    echo "usage: scripts/dev.sh install|serve|test [args]" >&2
+    echo "usage: scripts/dev.sh install|serve|api|test [args]" >&2
     exit 2
     ;;
 esac

@@ -32,6 +32,7 @@ OPTIONAL_ROUTERS = (
     "service.datasets.routes",
     "service.checkpoints.routes",
     "service.studies.routes",
+    "service.workers.routes",
     "service.dashboard.routes",
 )
 UPLOAD_PATH_PREFIXES = (f"{API_PREFIX}/datasets", f"{API_PREFIX}/checkpoints")

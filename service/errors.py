@@ -20,6 +20,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy.exc import DataError
 
 from celif_core.spec import SpecError
+from jobstore.artifacts import StoreUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -129,7 +130,19 @@ async def _data_error_handler(_request: Request, exc: Exception) -> JSONResponse
     )
 
 
+async def _store_unavailable_handler(_request: Request, exc: Exception) -> JSONResponse:
+    """The artifact store (jobstore.artifacts) could not be reached: the request may pass
+    later, so a 503 with Retry-After, not a 500."""
+    log.warning("artifact store unavailable: %s", str(exc).splitlines()[0][:300])
+    return error_response(
+        ServiceUnavailable(
+            "the artifact store is unavailable; try again later", headers={"Retry-After": "5"}
+        )
+    )
+
+
 def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(ServiceError, _service_error_handler)
+    app.add_exception_handler(StoreUnavailable, _store_unavailable_handler)
     app.add_exception_handler(SpecError, _spec_error_handler)
     app.add_exception_handler(DataError, _data_error_handler)

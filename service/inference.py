@@ -45,14 +45,25 @@ class LoadedModel:
     spec: JobSpec
     metadata: dict[str, Any]
     load_seconds: float
+    # predict_batching="auto": whether gathering concurrent requests into one forward measured
+    # cheaper per sequence for this model (`calibrate_batching`); None: not measured.
+    batching: bool | None = None
+    max_batch: int | None = None  # sequences per batched forward, where batching
+    calibration: dict[str, float] | None = None
 
 
 class ModelCache:
     """LRU of loaded models keyed by checkpoint sha256; at most `capacity` kept."""
 
-    def __init__(self, capacity: int, loader: Callable[[Path], tuple] | None = None):
+    def __init__(
+        self,
+        capacity: int,
+        loader: Callable[[Path], tuple] | None = None,
+        on_load: Callable[[LoadedModel], None] | None = None,
+    ):
         self.capacity = capacity
         self._loader = loader or (lambda path: load_model(path, device="cpu"))
+        self._on_load = on_load  # run once per load, before the model is shared
         self._items: OrderedDict[str, LoadedModel] = OrderedDict()
         self._lock = threading.Lock()
         self._key_locks: dict[str, threading.Lock] = {}
@@ -80,6 +91,8 @@ class ModelCache:
             if not isinstance(spec, JobSpec):
                 spec = JobSpec.model_validate(spec)
             item = LoadedModel(sha256, model, spec, metadata, time.perf_counter() - start)
+            if self._on_load is not None:
+                self._on_load(item)
             with self._lock:
                 self.misses += 1
                 self._items[sha256] = item
@@ -88,6 +101,11 @@ class ModelCache:
                     self._items.popitem(last=False)
                 self._key_locks.pop(sha256, None)
             return item
+
+    def peek(self, sha256: str) -> LoadedModel | None:
+        """The loaded model if it is cached (no load, no LRU update)."""
+        with self._lock:
+            return self._items.get(sha256)
 
     def __contains__(self, sha256: str) -> bool:
         with self._lock:
@@ -251,6 +269,57 @@ def predict_many(
         return bodies
 
 
+# ----------------------------------------------------------------------------- batching on CPU
+# On the CPU a batch of B sequences costs B x the matrix products but the ~90 torch calls of a
+# forward only once, and its activations (T x B x neurons) must stay in the cache. Measured,
+# 784 steps, CPU per sequence (minimum of repeats, one thread): the paper-size [64, 256, 256]
+# 1.8-1.9 ms alone, 1.3-1.5 at B=3..8, 2.7-2.8 at B=16; [64, 88, 88] 0.89 -> 0.44 at B=16;
+# [64, 64] 0.47 -> 0.20. So "auto" measures each model once, when it is loaded, and batches
+# it (up to the best batch size measured) only where that gains.
+CALIBRATION_SIZES = (1, 2, 4, 8)
+CALIBRATION_REPEATS = 3
+CALIBRATION_MAX_FORWARD_S = 0.05  # a forward over this at B=1 is compute-bound: not batched
+BATCHING_GAIN = 0.8  # batch when a sequence costs at most this fraction of its cost alone
+
+
+def batching_gains(alone_s: float, batched_s: float) -> bool:
+    """Whether CPU time per sequence `batched_s` (in a batch) is worth gathering requests for
+    against `alone_s` (one sequence per forward)."""
+    return batched_s <= BATCHING_GAIN * alone_s
+
+
+def calibrate_batching(loaded: LoadedModel) -> None:
+    """Set `loaded.batching` and `loaded.max_batch`: the CPU time (this thread's) per sequence
+    of forwards of 1, 2, 4, 8 sequences of the model's own T and F, the minimum of a few each
+    (other load only ever adds to it); batching where the best size gains, up to that size.
+    Answers are the same either way (batched == alone); only the speed depends on it."""
+    spec = loaded.spec
+    rng = np.random.default_rng(0)
+    size = max(CALIBRATION_SIZES)
+    x = torch.from_numpy(rng.random((size, spec.seq_len, spec.input_size), dtype=np.float32))
+    spiking = spec.model.neuron != "lstm"
+
+    def cpu_of(batch: torch.Tensor) -> float:
+        start = time.thread_time()
+        loaded.model.run(batch, record_spikes=spiking)
+        return time.thread_time() - start
+
+    per_sequence: dict[int, float] = {}
+    with torch.inference_mode():
+        first = cpu_of(x[:1])  # also the warm-up
+        if first > CALIBRATION_MAX_FORWARD_S:
+            loaded.batching, loaded.max_batch = False, 1
+            loaded.calibration = {"alone_s": first}
+            return
+        for b in CALIBRATION_SIZES:
+            per_sequence[b] = min(cpu_of(x[:b]) for _ in range(CALIBRATION_REPEATS)) / b
+    best = min(per_sequence, key=per_sequence.get)
+    alone = per_sequence[1]
+    loaded.calibration = {"alone_s": alone, "batched_per_sequence_s": per_sequence[best]}
+    loaded.batching = best > 1 and batching_gains(alone, per_sequence[best])
+    loaded.max_batch = best if loaded.batching else 1
+
+
 class QueueFull(Exception):
     """The predict pool's queue is full."""
 
@@ -289,58 +358,107 @@ class InferencePool:
 
 @dataclass
 class _Batch:
+    key: Any
+    runner: Callable[[list[Any]], list[Any]]
     items: list[tuple[Any, asyncio.Future]] = field(default_factory=list)
     steps: int = 0
-    flushed: bool = False
+    ready: bool = False  # full, or its wait is over: it goes when a worker is free
 
 
 class Batcher:
-    """Dynamic batching on the event loop: requests with the same key (checkpoint and step
-    count) arriving within `wait_s` of the first are run as one `runner(items)` call on the
-    pool, up to `max_steps` sequences x steps per batch (a full batch goes at once). A full
-    pool queue fails the batch's requests with `QueueFull`, like unbatched ones."""
+    """Dynamic batching on the event loop, work-conserving: at most `pool.workers` batches run
+    at once; a request whose key (checkpoint, step count) has an open batch joins it, and a
+    batch goes to the pool as soon as a worker is free, so a lone request waits for nothing
+    and requests arriving while every worker is busy are gathered into the next forward. With
+    `wait_s` > 0 a batch also waits that long after its first request (a bigger batch for a
+    device where one costs little more than a small one). A batch holds at most `max_steps`
+    sequences x steps (a full one is ready at once). At most `pool.queue_size` requests wait
+    beyond the running batches; one more is refused with `QueueFull` at once, as a full pool
+    queue refuses unbatched requests."""
 
     def __init__(self, pool: InferencePool, *, wait_s: float, max_steps: int) -> None:
         self.pool, self.wait_s, self.max_steps = pool, wait_s, max_steps
-        self._open: dict[Any, _Batch] = {}
+        self._open: dict[Any, _Batch] = {}  # the batch each key's requests join
+        self._waiting: list[_Batch] = []  # not yet running, oldest first
+        self._running = 0
         self.batches = 0
         self.batched_requests = 0
 
+    def _queued(self) -> int:
+        return sum(len(b.items) for b in self._waiting)
+
     async def run(
-        self, key: Any, steps: int, item: Any, runner: Callable[[list[Any]], list[Any]]
+        self,
+        key: Any,
+        steps: int,
+        item: Any,
+        runner: Callable[[list[Any]], list[Any]],
+        max_steps: int | None = None,
     ) -> Any:
+        """`item`'s result from `runner` (run on the pool with the items of its batch); a
+        batch of `key` holds at most `max_steps` (default: the batcher's) sequences x steps."""
         loop = asyncio.get_running_loop()
+        limit = min(max_steps or self.max_steps, self.max_steps)
+        if self._running >= self.pool.workers and self._queued() >= self.pool.queue_size:
+            raise QueueFull(
+                f"{self._running} batched forward passes are running and {self._queued()} "
+                "requests waiting (settings.predict_workers, settings.predict_queue_size)"
+            )
         batch = self._open.get(key)
-        if batch is not None and batch.steps + steps > self.max_steps:
-            self._flush(key, batch, runner)
+        if batch is not None and batch.steps + steps > limit:
+            self._close(batch)
             batch = None
         if batch is None:
-            batch = self._open[key] = _Batch()
-            loop.call_later(self.wait_s, self._flush, key, batch, runner)
+            batch = self._open[key] = _Batch(key, runner, ready=self.wait_s <= 0)
+            self._waiting.append(batch)
+            if not batch.ready:
+                loop.call_later(self.wait_s, self._waited, batch)
         future = loop.create_future()
         batch.items.append((item, future))
         batch.steps += steps
-        if batch.steps >= self.max_steps:
-            self._flush(key, batch, runner)
+        if batch.steps >= limit:
+            self._close(batch)
+        self._dispatch()
         return await future
 
-    def _flush(self, key: Any, batch: _Batch, runner: Callable) -> None:
-        if batch.flushed:
-            return
-        batch.flushed = True
-        if self._open.get(key) is batch:
-            del self._open[key]
+    def _close(self, batch: _Batch) -> None:
+        """No more requests join `batch`; it goes when a worker is free."""
+        batch.ready = True
+        if self._open.get(batch.key) is batch:
+            del self._open[batch.key]
+
+    def _waited(self, batch: _Batch) -> None:
+        batch.ready = True
+        self._dispatch()
+
+    def _dispatch(self) -> None:
+        while self._running < self.pool.workers:
+            batch = next((b for b in self._waiting if b.ready), None)
+            if batch is None:
+                return
+            self._waiting.remove(batch)
+            self._close(batch)
+            self._start(batch)
+
+    def _start(self, batch: _Batch) -> None:
         futures = [f for _, f in batch.items]
         self.batches += 1
         self.batched_requests += len(futures)
         try:
-            done = self.pool.submit(runner, [item for item, _ in batch.items])
-        except QueueFull as exc:
+            done = self.pool.submit(batch.runner, [item for item, _ in batch.items])
+        except QueueFull as exc:  # the pool is full of other work (unbatched, stream chunks)
             for f in futures:
-                f.set_exception(QueueFull(str(exc)))
+                if not f.done():
+                    f.set_exception(QueueFull(str(exc)))
             return
+        self._running += 1
         loop = asyncio.get_running_loop()
-        done.add_done_callback(lambda d: loop.call_soon_threadsafe(self._deliver, d, futures))
+        done.add_done_callback(lambda d: loop.call_soon_threadsafe(self._finished, d, futures))
+
+    def _finished(self, done: Future, futures: list[asyncio.Future]) -> None:
+        self._running -= 1
+        self._deliver(done, futures)
+        self._dispatch()
 
     @staticmethod
     def _deliver(done: Future, futures: list[asyncio.Future]) -> None:

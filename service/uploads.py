@@ -1,8 +1,9 @@
 """Uploaded files (datasets, checkpoints): streamed to a temp file beside their final place under
-a size limit, inspected, then moved into place with their row, in the request's unit of work.
+a size limit, inspected, then put into the artifact store with their row, in the request's unit
+of work (the local backend: a rename into place; s3: one upload, the file kept as the cache).
 
 A refused upload leaves nothing behind: the temp file is removed when the `staged_upload` block
-ends, and a file moved into place is removed again if the unit of work rolls back.
+ends, and an artifact stored is deleted again if the unit of work rolls back.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import BinaryIO
 
 from sqlalchemy.orm import Session
 
+from jobstore.artifacts import ArtifactStore
 from jobstore.db.session import after_rollback
 from service.errors import PayloadTooLarge
 
@@ -30,11 +32,11 @@ class StagedUpload:
     size: int
     sha256: str
 
-    def store(self, session: Session, final: Path) -> None:
-        """Move the file to `final` once its row (added by the caller) flushes."""
+    def store(self, session: Session, store: ArtifactStore, key: str) -> None:
+        """Put the file under `key` once its row (added by the caller) flushes."""
         session.flush()
-        os.replace(self.path, final)
-        after_rollback(session, lambda: final.unlink(missing_ok=True))
+        store.put(key, self.path, consume=True)  # StoreUnavailable: a 503 (service/errors.py)
+        after_rollback(session, lambda: store.delete([key]))
 
 
 def copy_limited(src: BinaryIO, dst: BinaryIO, limit: int) -> tuple[int, str]:

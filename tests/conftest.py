@@ -1,4 +1,4 @@
-"""Suite-wide setup: MNIST.
+"""Suite-wide setup: MNIST, and a real S3 API server (`s3_server`) for the object-store tests.
 
 The directory the caller gave in CELIF_MNIST_DIR (scripts/dev.sh: ../shared/data/mnist) is kept
 as `REAL_MNIST_DIR` for the tests that need the full set (`full_mnist_dir`); every other test,
@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers import S3Server, create_bucket, start_moto_server, stop_process
 from tests.mnist_fixture import require_full_mnist, write_mnist_fixture
 
 REPO = Path(__file__).resolve().parents[1]
@@ -37,3 +38,18 @@ def mnist_dir() -> Path:
 def full_mnist_dir() -> Path:
     """The real MNIST set; skipped when absent (failed under CELIF_REQUIRE_MNIST=1)."""
     return require_full_mnist(REAL_MNIST_DIR)
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory):
+    """moto's standalone S3 server on loopback with a bucket (`S3Server`); stopped at the end.
+    Tests keep to prefixes of their own. Production uses a real store (docs/deployment.md)."""
+    log = (tmp_path_factory.mktemp("moto") / "moto.log").open("ab")
+    url, proc = start_moto_server("127.0.0.1", log=log)
+    try:
+        server = S3Server(url, proc, "celif-test-artifacts")
+        create_bucket(url, server.bucket)
+        yield server
+    finally:
+        stop_process(proc)
+        log.close()

@@ -73,18 +73,50 @@ def _exit_with_the_worker(**_kwargs) -> None:
 
 
 _reaper_started = threading.Event()
+_announced: list = []  # this process's registry identity, once announced
+
+# `celif worker` sets this to the devices it probed (worker/devices.py) before the worker
+# starts; a worker started otherwise (`celery -A worker.app worker`) probes in the announcer.
+DEVICES_CONF_KEY = "celif_devices"
 
 
 @signals.worker_ready.connect
-def _start_reaper(**_kwargs) -> None:
-    """Every worker (its main process) runs the stale-lease reaper in a daemon thread."""
+def _start_reaper(sender=None, **_kwargs) -> None:
+    """Every worker (its main process) runs the stale-lease reaper in a daemon thread, and
+    announces itself in the worker registry (worker/registry.py) from another."""
     if _reaper_started.is_set():
         return
     _reaper_started.set()
     from worker.reaper import start_reaper_thread
 
-    start_reaper_thread(get_settings())
+    settings = get_settings()
+    start_reaper_thread(settings)
     log.info("reaper started in worker %s:%s", socket.gethostname(), os.getpid())
+    if sender is not None:
+        threading.Thread(
+            target=_announce, args=(sender, settings), name="celif-announce-start", daemon=True
+        ).start()
+
+
+def _announce(consumer, settings) -> None:
+    from worker import registry
+    from worker.devices import detect_devices
+
+    devices = consumer.app.conf.get(DEVICES_CONF_KEY) or detect_devices()
+    queues = list(consumer.app.amqp.queues.consume_from)
+    me = registry.identity(consumer.hostname, queues, devices)
+    _announced.append(me)
+    registry.start_announcer(settings, me)
+    log.info("worker %s consumes %s on %s", me.worker_id, ",".join(me.queues), ",".join(devices))
+
+
+@signals.worker_shutdown.connect
+def _leave_registry(**_kwargs) -> None:
+    """A clean stop says so in the registry at once (a killed worker goes offline by age)."""
+    if _announced:
+        from worker import registry
+
+        registry.mark_stopped(get_settings(), _announced[-1])
 
 
 # Sent by the main process to its pool children on a warm shutdown (see below).

@@ -3,14 +3,15 @@
 The claim is `lease.claim` (conditional UPDATE, rowcount-checked): a duplicate or re-delivered
 message for a job that is running under a live lease or is finished claims nothing. A claimed
 job that must not run (cancel requested, worker-loss attempts exhausted, a dataset its owner
-does not own) is released at once. Otherwise it resumes from its newest checkpoint whose file
-is intact (rows of broken ones are dropped), its metric events past that step are deleted (the
-steps after it run again), and its `running` status event records the attempt and the step.
+does not own) is released at once. Otherwise it resumes from its newest checkpoint whose
+artifact is intact (fetched from the store, sha256 checked; rows of missing or corrupt ones are
+dropped; an unreachable store raises and nothing is written), its metric events past that step
+are deleted (the steps after it run again), and its `running` status event records the attempt
+and the step.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,9 +20,10 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from jobstore import states
+from jobstore.artifacts import CorruptArtifact, MissingArtifact, artifact_store, dataset_key
 from jobstore.checkpoints import list_checkpoints
 from jobstore.datasets import job_dataset_error
-from jobstore.db.models import Job
+from jobstore.db.models import Dataset, Job
 from jobstore.db.session import session_scope
 from jobstore.events import delete_metric_events
 from jobstore.settings import Settings
@@ -37,6 +39,7 @@ class Claim:
     step: int  # the step it resumes at (0 afresh)
     latest_metrics: dict[str, Any]
     attempt: int
+    dataset: tuple[str, str] | None = None  # (key, sha256) of its uploaded dataset
 
 
 def claim_job(settings: Settings, job_id: str, worker_id: str) -> Claim | None:
@@ -75,6 +78,7 @@ def claim_job(settings: Settings, job_id: str, worker_id: str) -> Claim | None:
             step=step,
             latest_metrics=dict(job.latest_metrics or {}),
             attempt=job.attempts,
+            dataset=_dataset(session, job),
         )
     log.info("job %s claimed by %s (attempt %s)", job_id, worker_id, claim.attempt)
     return claim
@@ -96,27 +100,27 @@ def _refusal(session: Session, job: Job, settings: Settings):
 
 
 def _pick_checkpoint(session: Session, settings: Settings, job_id: str) -> tuple[Path, int] | None:
-    """The newest checkpoint whose file is intact; rows of broken ones are dropped."""
+    """The newest checkpoint whose artifact is intact, fetched into a local file (sha256
+    checked); rows of missing or corrupt ones are dropped, falling back to the one before."""
+    store = artifact_store(settings)
     for row in list_checkpoints(session, job_id, newest_first=True):
-        path = Path(settings.storage_dir) / row.path
         try:
-            if sha256_of(path) == row.sha256:
-                return path, row.step
-        except (FileNotFoundError, IsADirectoryError):
-            pass
-        # Any other OSError (storage not mounted, a path component that is not a directory,
-        # EIO) means the storage is unavailable, not the checkpoint gone: it propagates, the
-        # claim rolls back, and the job stays queued with its rows for a later claim.
-        log.warning(
-            "job %s: checkpoint %s (step %s) is missing or corrupt", job_id, row.id, row.step
-        )
+            return store.fetch(row.path, row.sha256), row.step
+        except (MissingArtifact, CorruptArtifact) as exc:
+            # Any other error (StoreUnavailable, an OSError such as storage not mounted or
+            # EIO) means the store is unavailable, not the checkpoint gone: it propagates,
+            # the claim rolls back, and the job stays queued with its rows for a later claim.
+            log.warning(
+                "job %s: checkpoint %s (step %s) dropped: %s", job_id, row.id, row.step, exc
+            )
         session.delete(row)
     return None
 
 
-def sha256_of(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+def _dataset(session: Session, job: Job) -> tuple[str, str] | None:
+    """(key, sha256) of the uploaded dataset the job trains on, or None."""
+    task = (job.spec or {}).get("task") or {}
+    if task.get("name") != "dataset":
+        return None
+    row = session.get(Dataset, (task.get("params") or {}).get("dataset_id"))
+    return dataset_key(row.path), row.sha256  # (the refusals checked that it exists)

@@ -20,9 +20,10 @@ from pathlib import Path
 from typing import Any
 
 from jobstore import states
-from jobstore.checkpoints import apply_retention, register_checkpoint
+from jobstore.artifacts import CorruptArtifact, MissingArtifact, artifact_store
+from jobstore.checkpoints import apply_retention, list_checkpoints, register_checkpoint
 from jobstore.db.models import Checkpoint, Job
-from jobstore.files import job_checkpoint_dir, relative_to_storage
+from jobstore.files import checkpoint_prefix, init_key, init_sha256_key
 from jobstore.settings import Settings
 from worker import lease
 from worker.claim import Claim, claim_job
@@ -46,6 +47,8 @@ class JobRunner:
         self.stop = StopSignal()
         self.reporter: MetricReporter | None = None
         self._trainer = None
+        self.store = artifact_store(settings)
+        self._prefix = ""  # this attempt's checkpoint key prefix (set when training starts)
 
     def run(self) -> str:
         """Claim and train the job; returns what happened (for logs: state is in the database)."""
@@ -103,24 +106,30 @@ class JobRunner:
 
             torch.set_num_threads(self.settings.torch_threads)
         spec = validate_spec(claim.spec, limits=self.settings.spec_limits)
-        checkpoint_dir = job_checkpoint_dir(self.settings, self.job_id, create=True)
+        # The trainer writes into a local directory (the file in place on the local backend,
+        # the cache on an object store); each checkpoint is put into the store before its row
+        # is registered. On an object store each attempt has its own key prefix.
+        self._prefix = checkpoint_prefix(self.settings, self.job_id, claim.attempt)
+        checkpoint_dir = self.store.local_path(self._prefix)
+        checkpoint_dir.mkdir(parents=True, exist_ok=True)
+        datasets = self.settings.datasets_dir
+        if claim.dataset is not None:
+            datasets = self._fetch_input(*claim.dataset, what="dataset").parent
         trainer = Trainer(
             spec,
             checkpoint_dir=checkpoint_dir,
             callbacks=_Callbacks(self),
-            data_dirs=DataDirs(mnist=self.settings.mnist_dir, datasets=self.settings.datasets_dir),
+            data_dirs=DataDirs(mnist=self.settings.mnist_dir, datasets=datasets),
         )
         trainer.setup(resume_from=claim.resume_from)
         progress: dict[str, Any] = {}
         if claim.resume_from is None and spec.init_from is not None:
             # No checkpoint of its own yet: start from the source's copy the API installed.
             # (A re-run after a kill finds its own checkpoints above and never re-inits.)
-            from celif_core.errors import TrainingError
-            from jobstore.files import INIT_FILE
-
-            if not (checkpoint_dir / INIT_FILE).is_file():
-                raise TrainingError(f"the init_from checkpoint copy {INIT_FILE} is missing")
-            continued = trainer.init_from(checkpoint_dir / INIT_FILE)
+            init_file = self._fetch_input(
+                init_key(self.job_id), self._init_sha256(), what="init_from checkpoint copy"
+            )
+            continued = trainer.init_from(init_file)
             log.info("job %s: init_from %s", self.job_id, "continued" if continued else "weights")
             if continued and trainer.best is not None:
                 # The run's best so far is the source's until this job beats it (its trainer
@@ -136,6 +145,25 @@ class JobRunner:
         if not self.reporter.flush():
             self.stop.lose_lease()
         return self._finish(result)
+
+    def _fetch_input(self, key: str, sha256: str | None, *, what: str) -> Path:
+        """A stored input of the job as a local file. Missing or corrupt is the job's own
+        error (running it again reads the same bytes); an unreachable store propagates
+        (StoreUnavailable, an OSError: a storage infrastructure retry)."""
+        from celif_core.errors import TrainingError
+
+        try:
+            return self.store.fetch(key, sha256)
+        except (MissingArtifact, CorruptArtifact) as exc:
+            raise TrainingError(f"the {what} cannot be read: {exc}") from None
+
+    def _init_sha256(self) -> str | None:
+        """The sha256 the API stored beside the init_from copy (None for a job submitted
+        before it did: that copy is read unchecked)."""
+        try:
+            return self.store.fetch(init_sha256_key(self.job_id), None).read_text().strip()
+        except MissingArtifact:
+            return None
 
     def _backend(self) -> str | None:
         # The model's backend_name is known after its first step.
@@ -195,8 +223,16 @@ class JobRunner:
         """Record a checkpoint with every metric point up to its step, in one transaction, and
         apply retention: keep the newest `checkpoint_keep_last` plus the best one."""
         s = self.settings
-        storage = Path(s.storage_dir).resolve()
-        rel = relative_to_storage(s, Path(info.path))
+        rel = f"{self._prefix}/{Path(info.path).name}"
+        # Fenced: a worker that lost its lease uploads nothing (its keys are its attempt's own
+        # on an object store, and its registration below would be refused anyway).
+        with self.reporter.transaction() as session:
+            if not lease.heartbeat(session, self.job_id, self.worker_id):
+                self.stop.lose_lease()
+                raise LeaseLost()
+        # Visible under its key only once complete; a failure here (StoreUnavailable) is a
+        # storage infrastructure error: the job is retried from its last registered one.
+        self.store.put(rel, Path(info.path))
         metrics = _jsonable(getattr(info, "metrics", None))
         is_best = bool(getattr(info, "is_best", False))
         step = int(info.step)
@@ -211,6 +247,13 @@ class JobRunner:
                 sha256=str(info.sha256),
                 metrics=metrics,
                 is_best=is_best,
+            )
+            # A row of the same step (re-written after a resume) is replaced by this one; its
+            # artifact goes too when it is under another key (another attempt's).
+            doomed.extend(
+                r.path
+                for r in list_checkpoints(session, self.job_id)
+                if r.step == step and r.path != rel
             )
             register_checkpoint(session, row)
             doomed.extend(
@@ -231,12 +274,11 @@ class JobRunner:
         if not self.reporter.flush(also=record, **progress):
             self.stop.lose_lease()
             raise LeaseLost()
-        for name in doomed:  # after the commit: a crash before it keeps every file
-            f = storage / name
+        if doomed:  # after the commit: a crash before it keeps every artifact
             try:
-                f.unlink(missing_ok=True)
+                self.store.delete(doomed)
             except OSError:
-                log.warning("job %s: could not delete old checkpoint %s", self.job_id, f)
+                log.warning("job %s: could not delete old checkpoints %s", self.job_id, doomed)
 
 
 class _Callbacks:

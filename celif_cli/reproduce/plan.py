@@ -328,14 +328,27 @@ def decide(
     saved_checkpoint: bool,
     resubmit_failed: bool,
     cont: bool,
+    last_seen: dict[str, Any] | None = None,
 ) -> Action:
     """The rule for one recipe.
 
     current: the newest job named `reproduce:R` on this service (None: none there).
     known_elsewhere: the state file lists jobs for R that this service does not know (the
     service that ran them is gone). has_checkpoint: `current` has a checkpoint to continue from;
-    saved_checkpoint: the output folder holds a saved checkpoint file for R.
+    saved_checkpoint: the output folder holds a saved checkpoint file for R. last_seen: the
+    state file's snapshot of R's newest job when that service is gone.
     """
+    if current is None and known_elsewhere and last_seen is not None:
+        # A job that finished on a service that is gone keeps its result: reported from the
+        # state file, not trained again behind the user's back.
+        status = last_seen.get("status")
+        gone = "finished on a service that is gone: reported from the state file"
+        if status == "succeeded" and not (
+            cont and wanted_spec is not None and needs_more_budget(last_seen.get("spec") or {}, wanted_spec)
+        ):  # fmt: skip
+            return Action("report", reason=gone)
+        if status in FINISHED and status != "succeeded" and not (cont or resubmit_failed):
+            return Action("report", reason=f"{status} on a service that is gone; not resubmitted (pass --resubmit-failed or --continue)")  # fmt: skip
     if current is None:
         if known_elsewhere and cont and saved_checkpoint:
             return Action("upload", reason="the previous service is gone: continuing from the saved checkpoint")  # fmt: skip

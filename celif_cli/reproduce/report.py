@@ -154,6 +154,8 @@ def fmt_status(job: dict[str, Any], note: str = "") -> str:
             status = f"running {100 * float(frac):.0f} %"
     if job.get("error"):
         status += f": {_one_line(str(job['error']), 80)}"
+    if status == "queued" and job.get("waiting_for"):
+        status += f", waiting for {job['waiting_for']}"
     init = (job.get("spec") or {}).get("init_from")
     if init:
         if init.get("job"):

@@ -56,6 +56,7 @@ class Entry:
     recipe: dict[str, Any]
     job: dict[str, Any] | None = None
     note: str = ""
+    overrides: list[str] = field(default_factory=list)  # --override items this recipe runs with
 
     @property
     def name(self) -> str:
@@ -78,7 +79,7 @@ def run(opts: Options, stream: TextIO = sys.stderr) -> int:
     """The whole command; returns the exit status (0 all succeeded or left running on purpose,
     1 a job failed or was cancelled, 3 stopped following at --timeout with jobs unfinished).
     Raises plan.UsageError (exit 2) and ApiError (exit 1) for the CLI to print."""
-    overrides = plan.overrides_body(opts.overrides)
+    plan.overrides_body(opts.overrides)  # a bad --override is a usage error before anything
     out = Path(opts.out)
     state = plan.load_state(out)
     with Client(opts.url, opts.token) as client:
@@ -104,6 +105,8 @@ def run(opts: Options, stream: TextIO = sys.stderr) -> int:
         entries = [Entry(by_name[n]) for n in names]
         todo: list[tuple[Entry, plan.Action, dict[str, Any]]] = []
         for e in entries:
+            e.overrides = _overrides_of(state, opts, e.name)
+            overrides = plan.overrides_body(e.overrides)
             action = _decide(client, state, opts, out, e, named.get(e.name, []), overrides)
             e.job = action.job
             if action.reason and action.kind in ("report", "follow"):
@@ -111,7 +114,7 @@ def run(opts: Options, stream: TextIO = sys.stderr) -> int:
             if action.kind in ("submit", "continue", "upload"):
                 todo.append((e, action, _body(client, state, out, e, action, overrides)))
             elif action.job is not None:
-                _remember(state, opts, e.name, action.job, submitted=False)
+                _remember(state, opts, e, action.job, submitted=False)
         state.url = client.url
         plan.save_state(out, state)
 
@@ -129,7 +132,7 @@ def run(opts: Options, stream: TextIO = sys.stderr) -> int:
             _say(stream, f"{e.name}: {action.reason}; submitting")
             key = _idempotency_key(e.name, body, len(named.get(e.name, [])))
             e.job = client.submit(body, idempotency_key=key)
-            _remember(state, opts, e.name, e.job, submitted=True)
+            _remember(state, opts, e, e.job, submitted=True)
             plan.save_state(out, state)
             _say(stream, f"{e.name}: job {e.job['id']} ({opts.url.rstrip('/')}/#/jobs/{e.job['id']})")  # fmt: skip
         for e in entries:
@@ -179,9 +182,11 @@ def _decide(client, state, opts, out, e: Entry, named_jobs, overrides) -> plan.A
         and current["status"] in ("failed", "cancelled")
         and client.checkpoints(current["id"])
     )
+    gone = bool(rs and unknown_ids and not (known & set(rs.job_ids)))
     action = plan.decide(
         current,
-        known_elsewhere=bool(rs and unknown_ids and not (known & set(rs.job_ids))),
+        known_elsewhere=gone,
+        last_seen=rs.jobs[-1].get("snapshot") if gone else None,
         wanted_spec=wanted,
         has_checkpoint=has_ckpt,
         saved_checkpoint=saved_checkpoint_path(out, e.name).is_file(),
@@ -223,15 +228,24 @@ def _idempotency_key(recipe: str, body: dict[str, Any], nth: int) -> str:
     return f"reproduce:{recipe}:{nth}:{digest}"[-200:]
 
 
-def _remember(state, opts, recipe: str, job: dict[str, Any], *, submitted: bool) -> None:
-    rs = state.recipe(recipe)
+def _overrides_of(state, opts: Options, recipe: str) -> list[str]:
+    """The --override list as given; on a call without any, each recipe keeps the overrides it
+    was submitted with (the state file's), so a plain rerun never trains it on another spec."""
+    if opts.overrides:
+        return list(opts.overrides)
+    rs = state.recipes.get(recipe)
+    return list(rs.overrides) if rs else []
+
+
+def _remember(state, opts, e: Entry, job: dict[str, Any], *, submitted: bool) -> None:
+    rs = state.recipe(e.name)
     if job["id"] not in rs.job_ids:
         rs.jobs.append({"id": job["id"], "url": opts.url.rstrip("/")})
     if submitted or not rs.command:
         cont = bool((job.get("spec") or {}).get("init_from"))
-        rs.overrides = list(opts.overrides)
-        rs.command = plan.command_line(recipe, opts.overrides, str(opts.out), cont=cont)
-    _snapshot(state, recipe, job)
+        rs.overrides = list(e.overrides)
+        rs.command = plan.command_line(e.name, e.overrides, str(opts.out), cont=cont)
+    _snapshot(state, e.name, job)
 
 
 def _snapshot(state, recipe: str, job: dict[str, Any]) -> None:
@@ -293,13 +307,15 @@ def follow(client: Client, entries: list[Entry], opts: Options, stream: TextIO) 
 def _progress_text(e: Entry) -> str:
     fig = report.our_figure(e.job, report.reference_metric(e.recipe))
     value = report.fmt_value(fig.metric, fig.value)
+    if e.job["status"] == "queued" and e.job.get("waiting_for"):
+        return f"queued, waiting for {e.job['waiting_for']}"
     return f"{e.job['status']}" + (f", {fig.metric} {value}" if fig.value is not None else "")
 
 
 def _line(e: Entry, last: dict[str, tuple], stream: TextIO) -> None:
     """Non-terminal output: one line per status change or per 10 % of progress."""
     p = e.job.get("progress") or {}
-    key = (e.job["status"], int(10 * float(p.get("fraction") or 0)))
+    key = (e.job["status"], int(10 * float(p.get("fraction") or 0)), e.job.get("queue_has_worker"))
     if last.get(e.name) == key:
         return
     last[e.name] = key

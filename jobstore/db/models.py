@@ -211,3 +211,19 @@ class UploadedCheckpoint(Base):
     step: Mapped[int] = mapped_column(Integer)
     spec: Mapped[dict[str, Any]] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Worker(Base):
+    """A worker process as it last announced itself (jobstore/workers.py): what it consumes and
+    when its main process last refreshed the row. Not a lease: jobs keep their own heartbeat."""
+
+    __tablename__ = "workers"
+    id: Mapped[str] = mapped_column(String(200), primary_key=True)  # Celery node name
+    host: Mapped[str] = mapped_column(String(255), index=True)
+    pid: Mapped[int] = mapped_column(Integer)
+    queues: Mapped[list[str]] = mapped_column(JSON)  # queue kinds: gpu, cpu, any
+    devices: Mapped[list[str]] = mapped_column(JSON)  # cpu, cuda
+    running: Mapped[int] = mapped_column(Integer, default=0)  # jobs in its pool right now
+    started_at: Mapped[datetime] = mapped_column(default=utcnow)
+    last_seen: Mapped[datetime] = mapped_column(default=utcnow)
+    stopped_at: Mapped[datetime | None] = mapped_column(default=None)  # a clean shutdown

@@ -2,13 +2,13 @@
 
 An upload is streamed to a temp file with the upload size limit, checked to be a safetensors
 file written by this service (its `celif` metadata holds a spec that validates and a step), then
-renamed to `uploads/<id>.safetensors` and recorded with its sha256 in one transaction. A refused
-upload leaves no file and no row.
+stored under `uploads/<id>.safetensors` (jobstore.artifacts) and recorded with its sha256 in one
+transaction. A refused upload leaves no file and no row.
 
 `init_from` is resolved at submission: the source (a job of the same user and one of its
 checkpoints, or an upload of the same user) must exist and have the new spec's model section;
-its file is copied into the new job's checkpoint directory (`jobstore.files.INIT_FILE`), so the source's
-retention or deletion cannot take it away from a queued job.
+it is copied to the new job's `jobstore.files.INIT_FILE` key (server-side on an object store),
+so the source's retention or deletion cannot take it away from a queued job.
 """
 
 from __future__ import annotations
@@ -21,8 +21,9 @@ from safetensors import SafetensorError, safe_open
 from sqlalchemy.orm import Session
 
 from celif_core.spec import JobSpec, SpecError, validate_spec
+from jobstore.artifacts import artifact_store
 from jobstore.db.models import UploadedCheckpoint, User, new_id
-from jobstore.files import relative_to_storage, uploads_dir
+from jobstore.files import InitSource, staging_dir, upload_key
 from jobstore.settings import Settings
 from service.errors import NotFound, Unprocessable
 from service.jobs import service as jobs
@@ -63,23 +64,23 @@ def _inspect(path: Path) -> dict[str, Any]:
 def create_upload(
     session: Session, user: User, settings: Settings, *, upload: BinaryIO, name: str
 ) -> UploadedCheckpoint:
-    root = uploads_dir(settings)
-    with staged_upload(upload, root, settings.max_upload_bytes) as staged:
+    ckpt_id = new_id()
+    key = upload_key(ckpt_id)
+    store = artifact_store(settings)
+    with staged_upload(upload, staging_dir(store, key), settings.max_upload_bytes) as staged:
         facts = _inspect(staged.path)
-        ckpt_id = new_id()
-        final = root / f"{ckpt_id}.safetensors"
         row = UploadedCheckpoint(
             id=ckpt_id,
             owner_id=user.id,
             name=name[:200],
-            path=relative_to_storage(settings, final),
+            path=key,
             size=staged.size,
             sha256=staged.sha256,
             step=facts["step"],
             spec=facts["spec"],
         )
         session.add(row)
-        staged.store(session, final)
+        staged.store(session, store, key)
     return row
 
 
@@ -92,10 +93,11 @@ def get_owned_upload(session: Session, user: User, ckpt_id: str) -> UploadedChec
 
 def resolve_init_from(
     session: Session, user: User, settings: Settings, spec: JobSpec
-) -> Path | None:
-    """The source file of `spec.init_from` (None without one), after checking that the user
-    owns the source and that its model section is the spec's. Unknown or foreign sources are
-    422 naming `init_from` with a "not found" message (as a 404 would say)."""
+) -> InitSource | None:
+    """The stored `spec.init_from` source (None without one), after checking that
+    the user owns the source, that it is stored, and that its model section is the spec's.
+    Unknown or foreign sources are 422 naming `init_from` with a "not found" message (as a 404
+    would say)."""
     src = spec.init_from
     if src is None:
         return None
@@ -103,18 +105,15 @@ def resolve_init_from(
     try:
         if src.job is not None:
             job = jobs.get_owned_job(session, user, src.job)
-            _, path = jobs.resolve_checkpoint(
-                session, job, src.checkpoint, storage_dir=settings.storage_dir
-            )
+            ckpt = jobs.checkpoint_row(session, job, src.checkpoint)
+            source, what = InitSource(ckpt.path, ckpt.sha256), f"checkpoint {ckpt.id}"
             source_spec = job.spec
         else:
             row = get_owned_upload(session, user, src.upload)
-            path = Path(settings.storage_dir) / row.path
-            if not path.is_file():
-                raise NotFound(
-                    f"uploaded checkpoint {row.id} is registered but its file is missing"
-                )
+            source, what = InitSource(row.path, row.sha256), f"uploaded checkpoint {row.id}"
             source_spec = row.spec
+        if not artifact_store(settings).exists(source.key):
+            raise NotFound(f"{what} is registered but its file is missing")
     except NotFound as exc:
         raise Unprocessable(f"not found: {exc}", loc=("body", *where)) from None
     theirs = validate_spec(source_spec).model
@@ -128,4 +127,4 @@ def resolve_init_from(
             f"{ {k: other.get(k) for k in diff} })",
             loc=("body", "init_from"),
         )
-    return path
+    return source

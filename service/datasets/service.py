@@ -1,8 +1,9 @@
 """Uploaded datasets: store (validated, atomically), list, read, and resolve for job specs.
 
 An upload is streamed to a temp file beside its final place (same filesystem), validated with
-numpy (`validate.inspect_npz`), then renamed to `<id>.npz` and recorded in one transaction. A
-refused upload leaves nothing behind: no file, no row.
+numpy (`validate.inspect_npz`), then stored under the key `datasets/<id>.npz` (the local
+backend: renamed into `datasets_dir`) and recorded in one transaction. A refused upload leaves
+nothing behind: no file, no row.
 """
 
 from __future__ import annotations
@@ -13,9 +14,10 @@ from typing import Any, BinaryIO, Literal
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from jobstore.artifacts import artifact_store, dataset_key
 from jobstore.datasets import owned_dataset_facts
 from jobstore.db.models import Dataset, User, new_id
-from jobstore.files import datasets_dir
+from jobstore.files import staging_dir
 from jobstore.settings import Settings
 from service.datasets.validate import InvalidDataset, inspect_npz
 from service.errors import NotFound, Unprocessable
@@ -34,8 +36,10 @@ def create_dataset(
 ) -> Dataset:
     if NUL in name:  # PostgreSQL's text columns cannot hold it
         raise Unprocessable(f"the dataset name {NUL_MESSAGE}", loc=("body", "name"))
-    root = datasets_dir(settings)
-    with staged_upload(upload, root, settings.max_upload_bytes) as staged:
+    dataset_id = new_id()
+    key = dataset_key(f"{dataset_id}.npz")
+    store = artifact_store(settings)
+    with staged_upload(upload, staging_dir(store, key), settings.max_upload_bytes) as staged:
         if staged.size == 0:
             raise Unprocessable("the uploaded file is empty", loc=("body", "file"))
         try:
@@ -44,13 +48,11 @@ def create_dataset(
             )
         except InvalidDataset as exc:
             raise Unprocessable(str(exc), loc=("body", "file")) from None
-        dataset_id = new_id()
-        final = root / f"{dataset_id}.npz"
         row = Dataset(
             id=dataset_id,
             owner_id=user.id,
             name=name,
-            path=final.name,
+            path=f"{dataset_id}.npz",
             size=staged.size,
             sha256=staged.sha256,
             num_sequences=facts.num_sequences,
@@ -61,7 +63,7 @@ def create_dataset(
             target=facts.target,
         )
         session.add(row)
-        staged.store(session, final)
+        staged.store(session, store, key)
     return row
 
 

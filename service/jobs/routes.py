@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Body, Header, Query, Request, Response
-from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
+from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, StreamingResponse
 
 from service.deps import CurrentUser, SessionDep, SessionFactoryDep, SettingsDep
 from service.jobs import service, sse
@@ -66,7 +66,7 @@ def submit_job(
     response.headers["Location"] = f"/api/v1/jobs/{result.job.id}"
     if not result.created:
         response.headers["Idempotent-Replayed"] = "true"
-    return JobOut.from_row(result.job)
+    return JobOut.from_row(result.job, service.queue_census(session, settings, [result.job]))
 
 
 @router.post("/jobs:validate", response_model=ValidateOut, responses={422: {}, 401: {}})
@@ -82,6 +82,7 @@ def validate_job(
 def list_jobs(
     user: CurrentUser,
     session: SessionDep,
+    settings: SettingsDep,
     status: Annotated[list[str], Query(description="filter; repeat or comma-separate")] = [],  # noqa: B006
     task: Annotated[list[str], Query()] = [],  # noqa: B006
     neuron: Annotated[list[str], Query()] = [],  # noqa: B006
@@ -92,12 +93,14 @@ def list_jobs(
     jobs, next_cursor = service.list_jobs(
         session, user, statuses=status, tasks=task, neurons=neuron, cursor=cursor, limit=limit
     )
-    return JobList(items=[JobOut.from_row(j) for j in jobs], next_cursor=next_cursor)
+    census = service.queue_census(session, settings, jobs)
+    return JobList(items=[JobOut.from_row(j, census) for j in jobs], next_cursor=next_cursor)
 
 
 @router.get("/jobs/{job_id}", response_model=JobOut, responses=ERRORS)
-def get_job(job_id: str, user: CurrentUser, session: SessionDep) -> Any:
-    return JobOut.from_row(service.get_owned_job(session, user, job_id))
+def get_job(job_id: str, user: CurrentUser, session: SessionDep, settings: SettingsDep) -> Any:
+    job = service.get_owned_job(session, user, job_id)
+    return JobOut.from_row(job, service.queue_census(session, settings, [job]))
 
 
 @router.post("/jobs/{job_id}/cancel", response_model=JobOut, responses={409: {}, **ERRORS})
@@ -188,23 +191,34 @@ def list_checkpoints(job_id: str, user: CurrentUser, session: SessionDep) -> Any
 @router.get(
     "/jobs/{job_id}/checkpoints/{ref}",
     response_class=FileResponse,
-    responses={200: {"content": {"application/octet-stream": {}}}, **ERRORS},
+    responses={
+        200: {"content": {"application/octet-stream": {}}},
+        307: {"description": "with `download_redirect`: a presigned URL of the object store"},
+        **ERRORS,
+    },
 )
 def download_checkpoint(
     job_id: str, ref: str, user: CurrentUser, session: SessionDep, settings: SettingsDep
-) -> FileResponse:
+) -> Response:
     """Download a checkpoint (`ref` = `latest`, `best` or an id): safetensors with the spec in
-    its metadata. `X-Checkpoint-SHA256` carries the digest to verify it."""
+    its metadata. `X-Checkpoint-SHA256` carries the digest to verify it. On an object store
+    the bytes are streamed from it (or, with `download_redirect`, a 307 to a presigned URL)."""
     job = service.get_owned_job(session, user, job_id)
-    ckpt, path = service.resolve_checkpoint(session, job, ref, storage_dir=settings.storage_dir)
-    return FileResponse(
-        path,
-        media_type="application/octet-stream",
-        filename=f"{job.id}-step{ckpt.step}.safetensors",
-        headers={
-            "X-Checkpoint-Id": ckpt.id,
-            "X-Checkpoint-Step": str(ckpt.step),
-            "X-Checkpoint-SHA256": ckpt.sha256,
-            "ETag": f'"{ckpt.sha256}"',
-        },
-    )
+    found = service.checkpoint_download(session, job, ref, settings)
+    ckpt = found.checkpoint
+    filename = f"{job.id}-step{ckpt.step}.safetensors"
+    headers = {
+        "X-Checkpoint-Id": ckpt.id,
+        "X-Checkpoint-Step": str(ckpt.step),
+        "X-Checkpoint-SHA256": ckpt.sha256,
+        "ETag": f'"{ckpt.sha256}"',
+    }
+    if found.url is not None:
+        return RedirectResponse(found.url, status_code=307, headers=headers)
+    if found.path is not None:
+        return FileResponse(
+            found.path, media_type="application/octet-stream", filename=filename, headers=headers
+        )
+    headers["Content-Length"] = str(ckpt.size)
+    headers["Content-Disposition"] = f'attachment; filename="{filename}"'
+    return StreamingResponse(found.chunks, media_type="application/octet-stream", headers=headers)

@@ -9,7 +9,9 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from jobstore.db.models import JOB_STATES, TERMINAL_STATES, Checkpoint, Job, JobEvent
+from jobstore.queue import QUEUES, job_queue
 from jobstore.states import can_follow
+from jobstore.workers import Census
 
 API_PREFIX = "/api/v1"
 
@@ -85,6 +87,21 @@ class JobOut(BaseModel):
     error: str | None
     attempts: int
     cancel_requested: bool
+    queue: str = Field(
+        description="the queue its training.device sends it to: "
+        + " | ".join(QUEUES)
+        + " (cuda -> gpu, cpu -> cpu, auto -> any: every worker takes it)"
+    )
+    waiting_for: str | None = Field(
+        None,
+        description="a queued job: the worker it waits for, e.g. 'a GPU worker (2 online)' or "
+        "'a GPU worker: none is online (last seen 12 min ago)'; null otherwise",
+    )
+    queue_has_worker: bool | None = Field(
+        None,
+        description="a queued job: whether an online worker consumes its queue (false: it "
+        "waits until one starts); null otherwise",
+    )
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
@@ -92,10 +109,16 @@ class JobOut(BaseModel):
     links: JobLinks
 
     @classmethod
-    def from_row(cls, job: Job) -> JobOut:
+    def from_row(cls, job: Job, census: Census | None = None) -> JobOut:
+        """`census` (the worker registry, read once per request) fills `waiting_for` of a
+        queued job."""
         base = f"{API_PREFIX}/jobs/{job.id}"
         max_steps = max(int(job.max_steps or 0), 1)
         step = int(job.step or 0)
+        queue = job_queue(job.spec)
+        waiting_for, has_worker = None, None
+        if census is not None and job.status == "queued":
+            waiting_for, has_worker = census.waiting_for(queue)
         return cls(
             id=job.id,
             name=job.name,
@@ -114,6 +137,9 @@ class JobOut(BaseModel):
             error=job.error,
             attempts=job.attempts or 0,
             cancel_requested=bool(job.cancel_requested),
+            queue=queue,
+            waiting_for=waiting_for,
+            queue_has_worker=has_worker,
             created_at=utc(job.created_at),
             started_at=utc(job.started_at),
             finished_at=utc(job.finished_at),

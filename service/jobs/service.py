@@ -8,7 +8,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-import shutil
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -20,13 +20,15 @@ from sqlalchemy.orm import Session
 from celif_core.spec import JobSpec, estimate, validate_spec
 from jobstore import checkpoints as checkpoint_repo
 from jobstore import jobs as repo
-from jobstore import states
+from jobstore import states, workers
+from jobstore.artifacts import CorruptArtifact, MissingArtifact, artifact_store
 from jobstore.datasets import owned_dataset_facts
 from jobstore.db.models import TERMINAL_STATES, Checkpoint, Job, JobEvent, User
 from jobstore.db.session import after_commit, after_rollback
-from jobstore.files import install_init_file, job_checkpoint_dir
+from jobstore.files import InitSource, install_init_file, remove_init_file
 from jobstore.queue import try_enqueue_job
 from jobstore.settings import Settings
+from jobstore.workers import Census
 from service.errors import BadRequest, Conflict, NotFound, Unprocessable
 from service.security import NUL_MESSAGE, find_nul
 
@@ -62,7 +64,9 @@ def validate_job_spec(session: Session, user: User, body: Any, settings: Setting
     )
 
 
-def _init_source(session: Session, user: User, settings: Settings, spec: JobSpec) -> Path | None:
+def _init_source(
+    session: Session, user: User, settings: Settings, spec: JobSpec
+) -> InitSource | None:
     from service.checkpoints.service import resolve_init_from  # (it imports this module)
 
     return resolve_init_from(session, user, settings, spec)
@@ -127,7 +131,7 @@ def store_job(
     user: User,
     settings: Settings,
     spec: JobSpec,
-    init_source: Path | None,
+    init_source: InitSource | None,
     *,
     status: str = "queued",
     **fields: Any,
@@ -149,9 +153,9 @@ def store_job(
     repo.add_job(session, job)
     states.record_status(session, job)
     if init_source is not None:
-        install_init_file(settings, job.id, init_source)
-        directory = job_checkpoint_dir(settings, job.id)
-        after_rollback(session, lambda: shutil.rmtree(directory, ignore_errors=True))
+        store = artifact_store(settings)
+        install_init_file(store, job.id, init_source)
+        after_rollback(session, lambda: remove_init_file(store, job.id))
     if status == "queued":
         # The message is sent once the request's unit of work has committed the row (a worker
         # always finds it); if the broker is down the reaper re-sends it.
@@ -169,6 +173,13 @@ def _check_replay(existing: Job, spec_dict: dict[str, Any]) -> Job:
 
 
 # ----------------------------------------------------------------------------- list
+def queue_census(session: Session, settings: Settings, jobs: list[Job]) -> Census | None:
+    """The worker registry, read only when one of `jobs` is queued (what `waiting_for` needs)."""
+    if not any(job.status == "queued" for job in jobs):
+        return None
+    return workers.census(session, settings.worker_offline_after_s)
+
+
 def encode_cursor(job: Job) -> str:
     raw = json.dumps([job.created_at.isoformat(), job.id]).encode()
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
@@ -258,30 +269,68 @@ def list_checkpoints(session: Session, user: User, job_id: str) -> list[Checkpoi
     return checkpoint_repo.list_checkpoints(session, job.id)
 
 
-def resolve_checkpoint(
-    session: Session, job: Job, ref: str, *, storage_dir: Path | None = None
-) -> tuple[Checkpoint, Path]:
-    """The checkpoint row `ref` names ("latest", "best" or an id) and its absolute path.
+def checkpoint_row(session: Session, job: Job, ref: str) -> Checkpoint:
+    """The checkpoint row `ref` names ("latest", "best" or an id); 404 when there is none.
 
     "best" falls back to "latest" when no checkpoint is flagged best (e.g. a job without a
-    validation metric yet). 404 when there is none, or when its file is gone.
-    """
-    if storage_dir is None:
-        from jobstore.settings import get_settings
-
-        storage_dir = get_settings().storage_dir
+    validation metric yet)."""
     ckpt = None if "\x00" in ref else checkpoint_repo.get_checkpoint(session, job.id, ref)
     if ckpt is None and ref == "best":
         ckpt = checkpoint_repo.get_checkpoint(session, job.id, "latest")
     if ckpt is None:
         raise NotFound(f"job {job.id} has no checkpoint {ref!r}")
-    root = Path(storage_dir).resolve()
-    path = (root / ckpt.path).resolve()
-    if not path.is_relative_to(root):
-        raise NotFound(f"checkpoint {ckpt.id} is outside the storage directory")
-    if not path.is_file():
-        raise NotFound(f"checkpoint {ckpt.id} is registered but its file is missing")
-    return ckpt, path
+    return ckpt
+
+
+def resolve_checkpoint(
+    session: Session, job: Job, ref: str, *, settings: Settings
+) -> tuple[Checkpoint, Path]:
+    """The checkpoint row `ref` names and a local file with its bytes, sha256 checked (the
+    file itself on the local backend; the API's cache entry on an object store). 404 when
+    there is none or its file is gone, 409 when its bytes do not match; an unreachable store
+    is a 503 (service/errors.py)."""
+    ckpt = checkpoint_row(session, job, ref)
+    return ckpt, fetch_artifact(settings, ckpt.path, ckpt.sha256, f"checkpoint {ckpt.id}")
+
+
+def fetch_artifact(settings: Settings, key: str, sha256: str | None, what: str) -> Path:
+    """`artifact_store(settings).fetch` with its errors as the API's."""
+    try:
+        return artifact_store(settings).fetch(key, sha256)
+    except MissingArtifact:
+        raise NotFound(f"{what} is registered but its file is missing") from None
+    except CorruptArtifact:
+        raise Conflict(f"{what} is stored with bytes that do not match its sha256") from None
+
+
+@dataclass(frozen=True)
+class Download:
+    """How to answer a checkpoint download: a local file, a redirect, or streamed bytes."""
+
+    checkpoint: Checkpoint
+    path: Path | None = None
+    url: str | None = None
+    chunks: Iterator[bytes] | None = None
+
+
+def checkpoint_download(session: Session, job: Job, ref: str, settings: Settings) -> Download:
+    """The local backend serves the file (sha256 checked first); an object store streams the
+    object (checked as it streams: a mismatch cuts the response short) or, with
+    `download_redirect`, hands out a presigned URL."""
+    ckpt = checkpoint_row(session, job, ref)
+    if settings.artifact_store == "local":
+        return Download(
+            ckpt, path=fetch_artifact(settings, ckpt.path, ckpt.sha256, f"checkpoint {ckpt.id}")
+        )
+    store = artifact_store(settings)
+    if settings.download_redirect:
+        url = store.presigned_url(ckpt.path, settings.presigned_url_ttl_s)
+        if url is not None:
+            return Download(ckpt, url=url)
+    try:
+        return Download(ckpt, chunks=store.stream(ckpt.path, ckpt.sha256))
+    except MissingArtifact:
+        raise NotFound(f"checkpoint {ckpt.id} is registered but its file is missing") from None
 
 
 def curves_image(session: Session, user: User, job_id: str, fmt: str) -> bytes:

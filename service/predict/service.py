@@ -19,11 +19,12 @@ import numpy as np
 from sqlalchemy.orm import Session
 
 from celif_core.spec import NO_LIMITS, JobSpec, SpecError, validate_spec
+from jobstore.artifacts import dataset_key
 from jobstore.datasets import job_dataset_error
-from jobstore.db.models import Checkpoint, Job, User
+from jobstore.db.models import Checkpoint, Dataset, Job, User
 from jobstore.settings import Settings
 from service.errors import NotFound, ServiceError, ServiceUnavailable, Unprocessable
-from service.jobs.service import get_owned_job, resolve_checkpoint
+from service.jobs.service import fetch_artifact, get_owned_job, resolve_checkpoint
 from service.ttlcache import TTLCache
 
 # Tasks whose networks were trained on one sequence length; others (adding) generalise to any T
@@ -52,15 +53,17 @@ class Runtime:
     pool: Any = None
     lookups: TTLCache | None = None
     retry_after_s: int = 1
-    batcher: Any = None  # inference.Batcher when dynamic batching is on
+    batcher: Any = None  # inference.Batcher unless predict_batching is "off"
+    batching: str = "off"  # settings.predict_batching
 
 
 _RUNTIME_LOCK = threading.Lock()
 
 
 def batching_enabled(settings: Settings) -> bool:
-    # The API loads models on the CPU (inference.ModelCache): "auto" is off there.
-    return settings.predict_batching == "on"
+    """ "on", or "auto": per model, where it measured cheaper (`inference.calibrate_batching`,
+    once at the model's load; the API loads models on the CPU, where that is model-dependent)."""
+    return settings.predict_batching != "off"
 
 
 def get_runtime(state: Any, settings: Settings) -> Runtime:
@@ -73,8 +76,12 @@ def get_runtime(state: Any, settings: Settings) -> Runtime:
                 from service import inference
 
                 workers, threads = settings.predict_parallelism
+                auto = settings.predict_batching == "auto"
                 runtime = Runtime(
-                    cache=inference.ModelCache(settings.model_cache_size),
+                    cache=inference.ModelCache(
+                        settings.model_cache_size,
+                        on_load=inference.calibrate_batching if auto else None,
+                    ),
                     streams=inference.StreamStore(
                         ttl_s=STREAM_TTL_S,
                         max_streams=settings.max_streams,
@@ -87,6 +94,7 @@ def get_runtime(state: Any, settings: Settings) -> Runtime:
                     ),
                     lookups=TTLCache(settings.predict_lookup_ttl_s),
                     retry_after_s=settings.predict_retry_after_s,
+                    batching=settings.predict_batching,
                 )
                 if batching_enabled(settings):
                     runtime.batcher = inference.Batcher(
@@ -237,7 +245,7 @@ def _resolve(
 ) -> tuple[Job, JobSpec, Checkpoint, Path]:
     """The user's job, its spec, and the checkpoint ``ref`` names (row and file)."""
     job = get_owned_job(session, user, job_id)
-    ckpt, path = resolve_checkpoint(session, job, ref, storage_dir=settings.storage_dir)
+    ckpt, path = resolve_checkpoint(session, job, ref, settings=settings)
     return job, _spec_of(session, job), ckpt, path
 
 
@@ -329,7 +337,7 @@ def predict_target(
     found = lookups.get(ckpt_key)
     if found is None:
         job = job or get_owned_job(session, user, job_id)
-        ckpt, path = resolve_checkpoint(session, job, checkpoint, storage_dir=settings.storage_dir)
+        ckpt, path = resolve_checkpoint(session, job, checkpoint, settings=settings)
         found = (CheckpointInfo(ckpt.id, ckpt.step, ckpt.sha256), path)
         lookups.put(ckpt_key, found)
     return PredictTarget(job_id, spec, found[0], found[1], x, ckpt_key)
@@ -365,6 +373,18 @@ def predict(
         "cached": cached,
         "elapsed_ms": round((time.perf_counter() - started) * 1000, 3),
     }
+
+
+def batches(runtime: Runtime, target: PredictTarget) -> bool:
+    """Whether the request joins the batcher: a batchable network, and batching "on", or
+    "auto" with the model loaded and measured to gain. (Its first request, which loads it, runs
+    alone.)"""
+    if runtime.batcher is None or not batchable(target.spec):
+        return False
+    if runtime.batching == "on":
+        return True
+    loaded = runtime.cache.peek(target.checkpoint.sha256)
+    return loaded is not None and bool(loaded.batching)
 
 
 def batchable(spec: JobSpec) -> bool:
@@ -436,16 +456,19 @@ async def run_predict(target: PredictTarget, *, runtime: Runtime, **kwargs: Any)
     from service import inference
 
     try:
-        if runtime.batcher is None or not batchable(target.spec):
+        if not batches(runtime, target):
             result = await runtime.pool.run(predict, target, runtime=runtime, **kwargs)
         else:
             x = target.inputs
             key = (target.checkpoint.sha256, x.shape[1], x.shape[2])
+            loaded = runtime.cache.peek(target.checkpoint.sha256)
+            most = loaded.max_batch if loaded is not None and loaded.max_batch else None
             result = await runtime.batcher.run(
                 key,
                 x.shape[0] * x.shape[1],
                 (target, kwargs),
                 lambda items: predict_batch(items, runtime),
+                max_steps=most * x.shape[1] if runtime.batching == "auto" and most else None,
             )
     except inference.QueueFull as exc:
         raise _queue_full(exc, runtime) from None
@@ -601,7 +624,13 @@ def te_similarity_png(result: dict[str, Any]) -> bytes:
 
 # ----------------------------------------------------------------------------- samples
 def samples_for_spec(
-    spec: JobSpec, *, split: str, n: int, offset: int, settings: Settings
+    spec: JobSpec,
+    *,
+    split: str,
+    n: int,
+    offset: int,
+    settings: Settings,
+    datasets_dir: Path | None = None,
 ) -> dict[str, Any]:
     from service import inference
 
@@ -620,7 +649,7 @@ def samples_for_spec(
             n=n,
             offset=offset,
             mnist_dir=settings.mnist_dir,
-            datasets_dir=settings.datasets_dir,
+            datasets_dir=datasets_dir or settings.datasets_dir,
         )
     except inference.DataUnavailable as exc:
         raise NotFound(str(exc)) from None
@@ -649,7 +678,14 @@ def job_samples(
     settings: Settings,
 ) -> dict[str, Any]:
     spec = _spec_of(session, get_owned_job(session, user, job_id))
-    return samples_for_spec(spec, split=split, n=n, offset=offset, settings=settings)
+    datasets_dir = None
+    if spec.task.name == "dataset":  # (its owner owns it: _spec_of checked)
+        row = session.get(Dataset, spec.task.params.dataset_id)
+        what = f"dataset {row.id}"
+        datasets_dir = fetch_artifact(settings, dataset_key(row.path), row.sha256, what).parent
+    return samples_for_spec(
+        spec, split=split, n=n, offset=offset, settings=settings, datasets_dir=datasets_dir
+    )
 
 
 def task_samples(

@@ -8,7 +8,6 @@ import csv
 import io
 import math
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from sqlalchemy.orm import Session
@@ -17,6 +16,7 @@ from celif_core.spec import JobSpec, SpecError
 from celif_core.study import apply_overrides, expand_search
 from jobstore import studies as repo
 from jobstore.db.models import TERMINAL_STATES, Job, Study, User, utcnow
+from jobstore.files import InitSource
 from jobstore.settings import Settings
 from service.errors import Conflict, NotFound, Unprocessable, spec_error_to_unprocessable
 from service.jobs import service as jobs
@@ -43,7 +43,7 @@ class TrialPlan:
     index: int
     overrides: dict[str, Any]
     spec: JobSpec
-    init_source: Path | None
+    init_source: InitSource | None
 
 
 def plan_trials(

@@ -175,22 +175,34 @@ def test_reproduce_end_to_end(tmp_path: Path):
         assert row[3] == f"{100 * paper['reference']['paper']['value']:.2f} %" and row[4] == "-"
         assert f"## {paper['table']}" in md and report_row(md, RECIPE)[0] == f"`{RECIPE}`"
 
-    # 5. The service is gone; a fresh one (empty database) does not know the state's jobs:
-    # --continue uploads the saved checkpoint and starts from it.
+    # 5. The service is gone; a fresh one (empty database) does not know the state's jobs.
     with embedded_serve(tmp_path / "data2") as served2:
         base2, token2 = served2.base, served2.token
         h2 = {"Authorization": f"Bearer {token2}"}
-        r = reproduce(base2, token2, out, *more, "--continue")
+        # A plain rerun submits nothing: what finished there is reported from the state file,
+        # with the overrides it ran with (the recipes' budgets are not trained again).
+        r = reproduce(base2, token2, out, "--no-follow")
+        assert r.returncode == 0 and "submitting" not in r.stderr, r.stderr
+        assert all_jobs(base2, h2) == []
+        md = (out / "reproduce.md").read_text()
+        row = report_row(md, RECIPE)
+        assert row[7].startswith("succeeded") and f"last seen on {base}" in row[7], row
+        assert f"training.max_steps={2 * STEPS}" in row[10], row
+        # the first service's cancelled job is still in the report, as last seen there
+        row = report_row(md, PAPER)
+        assert row[7].startswith("cancelled") and f"last seen on {base}" in row[7], row
+        # More budget with --continue: the saved checkpoint is uploaded and the run goes on
+        # from its step.
+        most = ["--recipes", RECIPE, "--override", f"training.max_steps={3 * STEPS}", *follow]
+        r = reproduce(base2, token2, out, *most, "--continue")
         assert r.returncode == 0, (r.stderr, served2.out.text[-3000:])
         [job] = all_jobs(base2, h2)
         assert job["status"] == "succeeded" and job["spec"]["init_from"]["upload"], job
-        # it continued the run exactly: the same model as the first service's last job
-        assert job["progress"]["step"] == 2 * STEPS
-        assert job["latest_metrics"]["test_mse"] == second["latest_metrics"]["test_mse"]
+        assert job["progress"]["step"] == 3 * STEPS
+        points = httpx.get(f"{base2}/api/v1/jobs/{job['id']}/metrics", headers=h2, timeout=30)
+        train_steps = [p["step"] for p in points.json()["items"] if p.get("split") == "train"]
+        assert train_steps and min(train_steps) > 2 * STEPS, train_steps  # continued, not anew
         state = json.loads((out / "reproduce-state.json").read_text())
         assert [j["id"] for j in state["recipes"][RECIPE]["jobs"]][-1] == job["id"]
         assert len(state["recipes"][RECIPE]["jobs"]) == 3
-        # the first service's cancelled job is still in the report, as last seen there
-        row = report_row((out / "reproduce.md").read_text(), PAPER)
-        assert row[7].startswith("cancelled") and f"last seen on {base}" in row[7], row
         assert "(continued from uploaded checkpoint" in report_row((out / "reproduce.md").read_text(), RECIPE)[7]  # fmt: skip

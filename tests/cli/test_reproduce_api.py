@@ -199,6 +199,14 @@ def test_decide():
     assert _decide(None, known_elsewhere=True) == "submit"
     assert _decide(None, known_elsewhere=True, saved_checkpoint=True) == "submit"
     assert _decide(None, known_elsewhere=True, saved_checkpoint=True, cont=True) == "upload"
+    # ...but a job that had finished there keeps its result: reported, not trained again
+    gone = dict(known_elsewhere=True, saved_checkpoint=True)
+    assert _decide(None, last_seen=_job("succeeded"), **gone) == "report"
+    assert _decide(None, last_seen=_job("succeeded"), cont=True, **gone) == "report"
+    assert _decide(None, last_seen=_job("succeeded"), cont=True, wanted_spec=more, **gone) == "upload"  # fmt: skip
+    assert _decide(None, last_seen=_job("cancelled"), **gone) == "report"
+    assert _decide(None, last_seen=_job("cancelled"), resubmit_failed=True, **gone) == "submit"
+    assert _decide(None, last_seen=_job("running"), **gone) == "submit"  # died mid-run
 
 
 def test_override_mismatches():
@@ -278,6 +286,11 @@ def test_row_and_markdown():
     assert "(continued from job abcdef01)" in row2.status and row2.wall == "42 s"
     uploaded = {**failed, "spec": {"init_from": {"job": None, "upload": "0123456789ab"}}}
     assert "(continued from uploaded checkpoint 01234567)" in report.fmt_status(uploaded)
+    waiting = {**JOB, "status": "queued", "error": None, "queue": "gpu", "queue_has_worker": False,
+               "waiting_for": "a GPU worker: none is online (last seen 12 min ago)"}  # fmt: skip
+    assert report.fmt_status(waiting) == (
+        "queued, waiting for a GPU worker: none is online (last seen 12 min ago)"
+    )
     row3 = report.build_row({"name": "demo/x", "reference": {}}, None, None, "c3")
     md = report.render_markdown(
         [row, row2, row3],

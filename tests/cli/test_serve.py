@@ -169,6 +169,14 @@ def test_serve_embedded_end_to_end(tmp_path: Path):
         assert any(p["split"] == "train" and p["name"] == "loss" for p in metrics)
         assert (data / "celif.db").is_file()
         assert (data / "broker" / "queue").is_dir()
+        # The embedded worker takes every queue and says so in the registry; --ping sees it.
+        listing = httpx.get(f"{base}/api/v1/workers", headers=headers, timeout=10).json()
+        assert [w["queues"] for w in listing["items"] if w["online"]] == [["any", "cpu", "gpu"]]
+        ping = subprocess.run(
+            [sys.executable, "-m", "celif_cli.main", "worker", "--ping", "--data-dir", str(data)],
+            env=env, cwd=REPO, capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        assert ping.returncode == 0 and ping.stdout.startswith("ok: worker"), ping.stderr
 
         # The supervised worker is restarted when it dies; the new one takes the next job.
         first = wait_for(lambda: _children(proc.pid), 30, "the worker child")[0]
@@ -177,13 +185,15 @@ def test_serve_embedded_end_to_end(tmp_path: Path):
         wait_for(lambda: [c for c in _children(proc.pid) if c != first], 60, "a new worker")
         # the killed worker's pool child does not live on as an orphan
         wait_for(lambda: not _alive(pool_of_first), 30, "the orphaned pool child to exit")
+        # An auto job (queue `any`) this time: the embedded worker consumes that queue too.
         r = httpx.post(
             f"{base}/api/v1/jobs",
-            json=adding_spec(max_steps=20, eval_every=10, checkpoint_every=10),
+            json=adding_spec(max_steps=20, eval_every=10, checkpoint_every=10, device="auto"),
             headers=headers,
             timeout=30,
         )
         assert r.status_code == 201, r.text
+        assert r.json()["queue"] == "any"
         jid = r.json()["id"]
         job = wait_for(finished, 240, "the job after the worker restart", 0.2)
         assert job["status"] == "succeeded", (job.get("error"), out.text[-3000:])
@@ -227,6 +237,30 @@ def test_worker_app_imports_no_torch():
         env={**os.environ, "CELIF_BROKER_URL": "redis://127.0.0.1:6379/0"},
     )  # fmt: skip
     assert r.returncode == 0 and "ok" in r.stdout, r.stderr
+
+
+def test_the_filesystem_broker_routes_by_queue(tmp_path: Path):
+    """kombu's filesystem transport (the embedded default) keeps one file per message named
+    after its queue and hands a consumer of one queue only that queue's messages."""
+    from jobstore.queue import QUEUES, TASK_NAME, job_ids_in_broker, producer_app, queue_depth
+    from jobstore.settings import Settings
+
+    settings = Settings(data_dir=tmp_path)
+    app = producer_app(settings)
+    for kind, name in QUEUES.items():
+        app.send_task(TASK_NAME, args=[f"job-{kind}"], queue=name)
+    assert job_ids_in_broker(settings) == {f"job-{k}" for k in QUEUES}
+    assert queue_depth(settings) == len(QUEUES)
+    files = sorted(p.name.partition(".")[2] for p in (tmp_path / "broker" / "queue").iterdir())
+    assert files == sorted(f"{name}.msg" for name in QUEUES.values())
+    with app.connection_for_read() as conn:
+        channel = conn.default_channel
+        for kind, name in QUEUES.items():
+            message = channel.basic_get(name, no_ack=True)
+            assert message.headers["task"] == TASK_NAME
+            assert message.decode()[0] == [f"job-{kind}"]
+            assert channel.basic_get(name, no_ack=True) is None  # only its own message
+    assert job_ids_in_broker(settings) == set()
 
 
 @pytest.mark.parametrize("embedded", [True, False])

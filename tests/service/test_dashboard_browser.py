@@ -16,6 +16,7 @@ from selenium import webdriver
 from selenium.webdriver.common.action_chains import ActionChains
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import Select, WebDriverWait
+from sqlalchemy import select
 
 from jobstore.db.models import Job
 from jobstore.db.session import session_scope
@@ -456,3 +457,60 @@ def test_study_page(browser, tmp_path):
             if e["level"] == "SEVERE" and "Failed to load resource" not in e["message"]
         ]
         assert not severe, severe
+
+
+def test_a_queued_job_says_which_worker_it_waits_for(browser, tmp_path):
+    """A cuda job with no GPU worker online: the job page and the job list say so, in red. The
+    job row is stored without a message (the embedded worker takes every queue) and the worker's
+    registry row is marked stopped (refreshes are 10 min apart here), so nothing races it."""
+    from jobstore import workers
+    from jobstore.db.models import User, Worker
+
+    d = browser
+    data = tmp_path / "data"
+    slow = {"CELIF_WORKER_ANNOUNCE_INTERVAL_S": "600", "CELIF_WORKER_OFFLINE_AFTER_S": "1200"}
+    with EmbeddedServer(data, extra_env=slow) as srv:
+        db_url = f"sqlite:///{(data / 'celif.db').resolve()}"
+        with srv.client() as api:
+            spec = {
+                "task": {"name": "adding", "params": {"seq_len": 10}},
+                "model": {"neuron": "celif", "hidden": [8]},
+                "training": {"max_steps": 40, "device": "cuda"},
+            }
+            r = api.post("/api/v1/jobs:validate", json=spec)
+            assert r.status_code == 200, r.text
+            full = r.json()["spec"]
+
+            def announced():
+                return any(w["online"] for w in api.get("/api/v1/workers").json()["items"])
+
+            _wait(d, lambda _: announced(), 60, "the embedded worker to announce itself")
+        with session_scope(db_url) as session:
+            (worker_id,) = session.scalars(select(Worker.id)).all()
+            workers.mark_stopped(session, worker_id)
+            owner = session.scalars(select(User).where(User.name == "admin")).one()
+            job = Job(owner_id=owner.id, name="needs-a-gpu", task_name="adding", neuron="celif",
+                      spec=full, status="queued", max_steps=40)  # fmt: skip
+            session.add(job)
+            session.flush()
+            job_id = job.id
+        d.get(srv.url + "/")
+        d.execute_script("localStorage.setItem('celif_token', arguments[0])", srv.token)
+        d.get(f"{srv.url}/#/jobs/{job_id}")
+
+        def waiting(d):
+            node = d.find_element(By.ID, "job-waiting")
+            return node.text if "none is online" in node.text else None
+
+        text = _wait(d, waiting, 30, "the waiting_for line")
+        assert text.startswith("queue gpu: waiting for a GPU worker: none is online (last seen")
+        assert d.find_element(By.ID, "job-waiting").get_attribute("class") == "error"
+        d.get(f"{srv.url}/#/jobs")
+        row = _wait(
+            d,
+            lambda d: d.find_elements(By.CSS_SELECTOR, f'#jobs-table tr[data-job-id="{job_id}"]'),
+            30,
+            "the job in the list",
+        )
+        assert "no gpu worker online" in row[0].text
+        _screenshot(d, "dashboard-waiting-for-worker.png")

@@ -13,7 +13,7 @@ from jobstore.db.models import Base
 from .conftest import create_pg_database, drop_pg_database
 
 TABLES = {"users", "api_tokens", "jobs", "job_events", "checkpoints", "datasets",
-          "uploaded_checkpoints", "studies"}  # fmt: skip
+          "uploaded_checkpoints", "studies", "workers"}  # fmt: skip
 
 
 def test_one_head():

@@ -117,6 +117,8 @@ def stack_env(database_url: str, broker_url: str, data_dir: Path) -> dict[str, s
         "CELIF_CANCEL_POLL_INTERVAL_S": "0.1",
         "CELIF_MAX_INFRA_RETRIES": "2",
         "CELIF_CHECKPOINT_KEEP_LAST": "2",
+        "CELIF_WORKER_ANNOUNCE_INTERVAL_S": "0.5",
+        "CELIF_WORKER_OFFLINE_AFTER_S": "3",
         "OMP_NUM_THREADS": "1",
     }
 
@@ -178,13 +180,20 @@ class ApiProcess:
 
 
 class WorkerProcess:
-    """`celif worker` in its own process group (main process + its prefork pool child).
+    """`celif worker` in its own process group (main process + its prefork pool child);
+    `queues`: its `--queues` (default: the CLI's, by the devices found).
 
     `prefix` runs it through a launcher that ends by exec-ing it (the fault tests' `ip netns
     exec ...`), so the process group is still the worker's."""
 
-    def __init__(self, env: dict[str, str], log: Path, prefix: Sequence[str] = ()):
-        self.env, self.log_path, self.prefix = env, log, list(prefix)
+    def __init__(
+        self,
+        env: dict[str, str],
+        log: Path,
+        queues: str | None = None,
+        prefix: Sequence[str] = (),
+    ):
+        self.env, self.log_path, self.queues, self.prefix = env, log, queues, list(prefix)
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> WorkerProcess:
@@ -193,6 +202,8 @@ class WorkerProcess:
     def launch(self) -> WorkerProcess:
         """Start the process without waiting (several workers boot side by side)."""
         cmd = [*self.prefix, sys.executable, "-m", "celif_cli.main", "worker", "--loglevel", "INFO"]
+        if self.queues is not None:
+            cmd += ["--queues", self.queues]
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(
                 cmd, env=self.env, cwd=REPO, stdout=log, stderr=log, start_new_session=True

@@ -168,7 +168,8 @@ async function showJobs() {
           el("td", {}, el("a", { href: `#/jobs/${j.id}` }, j.name || j.id)),
           el("td", {}, j.task),
           el("td", {}, j.neuron),
-          el("td", {}, el("span", { class: `status ${j.status}` }, j.status)),
+          el("td", {}, el("span", { class: `status ${j.status}`, title: j.waiting_for ? `waiting for ${j.waiting_for}` : "" }, j.status),
+            j.queue_has_worker === false ? el("span", { class: "field-error" }, `no ${j.queue} worker online`) : ""),
           el("td", {}, `${j.progress.step}/${j.progress.max_steps}`),
           el("td", {}, fmtMetrics(j.best_metrics)),
           el("td", {}, new Date(j.created_at).toLocaleString()),
@@ -615,6 +616,10 @@ function renderJobHeader(job) {
   $("#job-progress-bar").style.width = `${Math.round(100 * job.progress.fraction)}%`;
   $("#job-progress-text").textContent = `step ${job.progress.step} / ${job.progress.max_steps}`;
   $("#cancel-btn").hidden = !job.can_cancel;
+  // A queued job says what it waits for; in red when no online worker takes its queue.
+  const waiting = $("#job-waiting");
+  waiting.textContent = job.waiting_for ? `queue ${job.queue}: waiting for ${job.waiting_for}` : "";
+  waiting.className = job.queue_has_worker === false ? "error" : "hint";
   // A run continued from a checkpoint: its curve starts where the source stopped.
   const source = (job.spec || {}).init_from;
   const lineage = $("#job-lineage");

@@ -18,12 +18,14 @@ import httpx
 import pytest
 import redis
 
+from jobstore.queue import QUEUES
 from tests.services import PrivateRedis
 from tests.worker.conftest import REDIS_HOST, ApiProcess, Client, WorkerProcess, adding_spec
 
 REAPER_INTERVAL_S = 1.0  # the stack's CELIF_REAPER_INTERVAL_S
 RESEND_AFTER_S = 2 * REAPER_INTERVAL_S
 SPEC = adding_spec(max_steps=30, eval_every=15, checkpoint_every=15)
+CPU_QUEUE = QUEUES["cpu"]
 
 
 def _runs(client: Client, job_id: str) -> int:
@@ -57,9 +59,9 @@ def test_deleted_queue_keys_jobs_still_run_once(stack, api, token):
     client = Client(stack, token)
     r = redis.Redis.from_url(stack.env["CELIF_BROKER_URL"])
     ids = [client.submit(SPEC)["id"] for _ in range(3)]
-    assert r.llen("celif") == 3
+    assert r.llen(CPU_QUEUE) == 3  # SPEC trains on cpu: its queue
     lost = [k for k in r.keys() if k != b"celif-test-lock"]
-    assert b"celif" in lost
+    assert CPU_QUEUE.encode() in lost
     r.delete(*lost)  # every key of the broker: the queue list and kombu's bookkeeping
     worker = _worker(stack.env, stack.logs / "worker-keys-deleted.log")
     try:
@@ -89,7 +91,7 @@ def test_redis_restart_jobs_still_run_once(stack, token, tmp_path):
     worker = None
     try:
         ids = [client.submit(SPEC)["id"] for _ in range(3)]
-        assert redis.Redis(port=private.port).llen("celif") == 3
+        assert redis.Redis(port=private.port).llen(CPU_QUEUE) == 3
         private.stop()  # Redis dies and its messages with it
         ids.append(client.submit(SPEC)["id"])  # accepted while the broker is down
         private.start()  # same port, empty
@@ -113,7 +115,7 @@ def test_message_taken_by_a_dead_worker_is_resent(stack, api, token):
     client = Client(stack, token)
     r = redis.Redis.from_url(stack.env["CELIF_BROKER_URL"])
     job = client.submit(SPEC)["id"]
-    message = r.rpop("celif")  # what a worker's BRPOP takes ...
+    message = r.rpop(CPU_QUEUE)  # what a worker's BRPOP takes ...
     from jobstore.queue import _job_id_of
 
     assert message is not None and _job_id_of(message) == job
@@ -128,7 +130,7 @@ def test_message_taken_by_a_dead_worker_is_resent(stack, api, token):
     for age, resent in ((0.0, False), (10 * RESEND_AFTER_S, True)):
         time.sleep(RESEND_AFTER_S + 0.5)  # the job has been queued past the bound
         # ... and kombu's delivery bookkeeping, as the worker writes it on delivery.
-        r.hset("unacked", "tag-1", json.dumps([json.loads(message), "", "celif"]))
+        r.hset("unacked", "tag-1", json.dumps([json.loads(message), CPU_QUEUE, CPU_QUEUE]))
         r.zadd("unacked_index", {"tag-1": time.time() - age})
         sent: list[str] = []
         reap_once(settings, enqueue=sent.append)

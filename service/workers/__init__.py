@@ -1,0 +1,1 @@
+"""The worker registry over HTTP: GET /api/v1/workers."""
