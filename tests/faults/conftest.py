@@ -112,32 +112,91 @@ def lost_and_duplicated(points: list[dict[str, Any]], max_steps: int) -> tuple[i
 # ------------------------------------------------------------------------------ storage
 class SharedDirStorage:
     """Artifacts in one directory every host and the API see (the namespaces share the
-    filesystem): the "NFS / shared volume" deployment."""
+    filesystem): the "NFS / shared volume" deployment, `CELIF_ARTIFACT_STORE=local`."""
 
     name = "shared directory"
 
-    def __init__(self, root: Path):
+    def start(self, address: str, root: Path, logs: Path) -> None:
         self.data = root / "shared-data"
 
     def env(self, host: str | None) -> dict[str, str]:
-        """The storage settings of a host (`None`: the API)."""
+        """The storage settings of a process on `host` (None: the API)."""
         return {"CELIF_DATA_DIR": str(self.data)}
 
-    def checkpoint_file(self, relative: str) -> Path | None:
-        """Where a checkpoint row's bytes can be read back by the test."""
-        return self.data / "storage" / relative
+    def read(self, key: str) -> bytes:
+        """A checkpoint row's bytes, read back by the test."""
+        return (self.data / "storage" / key).read_bytes()
+
+    def keys(self, job_id: str) -> set[str]:
+        """The job's checkpoint artifacts (keys as rows store them)."""
+        folder = self.data / "storage" / "checkpoints" / job_id
+        return {f"checkpoints/{job_id}/{p.name}" for p in folder.glob("step_*.safetensors")}
 
     def close(self) -> None:
         pass
 
 
+class S3Storage:
+    """An S3 API server (moto's, tests/helpers.py) on the service address, reachable from every
+    host; each host and the API has a data directory of its own (its local cache), so nothing
+    is shared but PostgreSQL, Redis, the store and the API. Production uses a real store."""
+
+    name = "S3 (moto server), a data directory per host"
+    bucket = "celif-faults"
+    prefix = "faults"
+
+    def start(self, address: str, root: Path, logs: Path) -> None:
+        from tests.helpers import create_bucket, start_moto_server
+
+        self.root = root
+        self._log = (logs / "moto.log").open("ab")
+        self.url, self.proc = start_moto_server(address, log=self._log)
+        create_bucket(self.url, self.bucket)
+
+    def env(self, host: str | None) -> dict[str, str]:
+        from tests.helpers import S3_CREDENTIALS
+
+        data = self.root / f"data-{host or 'api'}"
+        data.mkdir(parents=True, exist_ok=True)
+        return {
+            **S3_CREDENTIALS,
+            "CELIF_DATA_DIR": str(data),
+            "CELIF_ARTIFACT_STORE": "s3",
+            "CELIF_S3_BUCKET": self.bucket,
+            "CELIF_S3_ENDPOINT_URL": self.url,
+            "CELIF_S3_PREFIX": self.prefix,
+        }
+
+    def _client(self):
+        from tests.helpers import S3Server
+
+        return S3Server(self.url, self.proc, self.bucket)
+
+    def read(self, key: str) -> bytes:
+        obj = self._client().client().get_object(Bucket=self.bucket, Key=f"{self.prefix}/{key}")
+        return obj["Body"].read()
+
+    def keys(self, job_id: str) -> set[str]:
+        keys = self._client().keys(f"{self.prefix}/checkpoints/{job_id}/")
+        return {k.removeprefix(f"{self.prefix}/") for k in keys}
+
+    def close(self) -> None:
+        from tests.helpers import stop_process
+
+        if getattr(self, "proc", None) is not None:
+            stop_process(self.proc)
+            self._log.close()
+
+
+STORAGES = {"s3": S3Storage, "shared-dir": SharedDirStorage}
+
+
 @pytest.fixture()
-def storage(tmp_path: Path) -> Iterator[SharedDirStorage]:
-    s = SharedDirStorage(tmp_path)
-    try:
-        yield s
-    finally:
-        s.close()
+def storage(request) -> SharedDirStorage | S3Storage:
+    """The artifact store of the multi-host tests (S3 unless a test asks for another with
+    `@pytest.mark.parametrize("storage", [...], indirect=True)`); the cluster starts it on the
+    service address once the network exists, and stops it."""
+    return STORAGES[getattr(request, "param", "s3")]()
 
 
 # ------------------------------------------------------------------------------ the cluster
@@ -173,6 +232,8 @@ class Cluster:
         return env
 
     def start_services(self, *, appendonly: bool = True) -> None:
+        if self.storage is not None:
+            self.storage.start(self.service_address, self.root, self.logs)
         listen = ["127.0.0.1"] + ([self.network.service_address] if self.network else [])
         trusted = [self.network.subnet] if self.network else []
         self.pg = PrivatePostgres(listen=listen, trusted=trusted).start()
@@ -195,7 +256,7 @@ class Cluster:
     def worker(self, host: Host | None, name: str, **extra: str) -> WorkerProcess:
         """A `celif worker` on `host`, not yet started (start several at once: `start_all`)."""
         prefix = host.command([]) if host is not None else []
-        w = WorkerProcess(self.env(host, **extra), self.logs / f"worker-{name}.log", prefix)
+        w = WorkerProcess(self.env(host, **extra), self.logs / f"worker-{name}.log", prefix=prefix)
         self.workers.append(w)
         return w
 
@@ -206,6 +267,8 @@ class Cluster:
             self.api.stop()
         if self.redis is not None:
             self.redis.stop()
+        if self.storage is not None:
+            self.storage.close()
         if self.pg is not None:
             from jobstore.db.session import get_engine
 

@@ -72,6 +72,7 @@ def done_event(cluster: Cluster, job_id: str) -> JobEvent:
         ).one()
 
 
+@pytest.mark.parametrize("storage", ["s3", "shared-dir"], indirect=True)
 def test_host_cut_off_mid_job_is_fenced_when_it_returns(hosts_cluster: Cluster):
     c = hosts_cluster
     c.start_services()
@@ -164,8 +165,9 @@ def test_host_cut_off_mid_job_is_fenced_when_it_returns(hosts_cluster: Cluster):
         ).all()
     assert rows and rows[-1].step == MAX_STEPS
     for row in rows:  # every kept checkpoint's bytes are the ones its row names
-        data = c.storage.checkpoint_file(row.path).read_bytes()
-        assert hashlib.sha256(data).hexdigest() == row.sha256, row.path
+        assert hashlib.sha256(c.storage.read(row.path)).hexdigest() == row.sha256, row.path
+    # No artifact left behind that no row names (A's stale attempt uploads nothing).
+    orphans = c.storage.keys(jid) - {r.path for r in rows}
 
     a_metric_steps = [r["step"] for r in by_a if r["kind"] == "metric" and r["op"] == "INSERT"]
     redone = max(a_metric_steps) - resumed.data["resumed_from_step"]
@@ -183,6 +185,7 @@ def test_host_cut_off_mid_job_is_fenced_when_it_returns(hosts_cluster: Cluster):
             (a_stopped_at - restored_at).total_seconds(), 1
         ),
         "writes by A after losing the lease": len(stale),
+        "checkpoint artifacts no row names": sorted(orphans),
         "metric points lost": lost,
         "metric points duplicated": duplicated,
         "attempts": done["attempts"],
@@ -191,6 +194,7 @@ def test_host_cut_off_mid_job_is_fenced_when_it_returns(hosts_cluster: Cluster):
     for k, v in figures.items():
         print(f"  {k}: {v}")
     assert lost == 0 and duplicated == 0
+    assert not orphans
     # A recovered: its worker process lives on, ready for its next job.
     assert workers[a_name].alive()
 
