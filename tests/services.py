@@ -14,6 +14,7 @@ import pwd
 import shutil
 import subprocess
 import tempfile
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -75,11 +76,8 @@ class PrivatePostgres:
 
     def start(self) -> PrivatePostgres:
         if not self.data.exists():
-            _run(
-                [*self.as_user, "initdb", "-D", str(self.data), "-U", "postgres",
-                 "--auth=trust", "-E", "UTF8", "--no-sync", "--no-instructions"],
-                "initdb",
-            )  # fmt: skip
+            initdb = ["initdb", "-D", str(self.data), "-U", "postgres", "--auth=trust"]
+            _run([*self.as_user, *initdb, "-E", "UTF8", "--no-sync", "--no-instructions"], "initdb")
             hba = "".join(f"host all all {net} trust\n" for net in self.trusted)
             (self.data / "pg_hba.conf").write_text("local all all trust\n" + hba)
         self._pg_ctl("start", "-l", str(self.log))
@@ -91,8 +89,8 @@ class PrivatePostgres:
             f"-p {self.port} -c listen_addresses='{','.join(self.listen)}' "
             f"-c unix_socket_directories='{self.root}' -c fsync=off -c max_connections=200"
         )
-        _run([*self.as_user, "pg_ctl", "-D", str(self.data), "-w", "-t", "60", "-o", options,
-              *args], f"pg_ctl {args[0]}")  # fmt: skip
+        pg_ctl = ["pg_ctl", "-D", str(self.data), "-w", "-t", "60", "-o", options]
+        _run([*self.as_user, *pg_ctl, *args], f"pg_ctl {args[0]}")
 
     def _up(self) -> bool:
         try:
@@ -123,8 +121,6 @@ class PrivatePostgres:
 
     def down_for(self, seconds: float) -> None:
         """`pg_ctl stop -m fast`, `seconds` with no server at all, then start again."""
-        import time
-
         self._pg_ctl("stop", "-m", "fast")
         time.sleep(seconds)
         self._pg_ctl("start", "-l", str(self.log))
