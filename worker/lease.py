@@ -14,8 +14,9 @@ import logging
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import DateTime, and_, func, or_, select, update
 from sqlalchemy.orm import Session
+from sqlalchemy.sql.elements import ColumnElement
 
 from jobstore import states
 from jobstore.db.models import TERMINAL_STATES, Job, utcnow
@@ -23,13 +24,21 @@ from jobstore.db.models import TERMINAL_STATES, Job, utcnow
 log = logging.getLogger(__name__)
 
 
-def stale_before(stale_after_s: float, now: datetime | None = None) -> datetime:
-    return (now or utcnow()) - timedelta(seconds=stale_after_s)
+def lease_clock(session: Session) -> ColumnElement[datetime] | datetime:
+    """ "Now" for writing and judging leases. On PostgreSQL the database's clock, read when the
+    statement runs, i.e. after any lock wait: a claim and a reaper that both waited behind a
+    cut-off host's row lock then compare like with like (with the clients' clocks, read before
+    the wait, the reaper could judge the brand-new claim stale), and hosts' clock skew never
+    shortens a lease. On SQLite (one host) the process's clock."""
+    if session.get_bind().dialect.name == "postgresql":
+        return func.clock_timestamp(type_=DateTime(timezone=True))
+    return utcnow()
 
 
-def stale_lease(stale_after_s: float):
+def stale_lease(session: Session, stale_after_s: float):
     """WHERE clause: the job's lease (if any) has not been refreshed for `stale_after_s`."""
-    return or_(Job.heartbeat_at.is_(None), Job.heartbeat_at < stale_before(stale_after_s))
+    cutoff = lease_clock(session) - timedelta(seconds=stale_after_s)
+    return or_(Job.heartbeat_at.is_(None), Job.heartbeat_at < cutoff)
 
 
 def claim(session: Session, job_id: str, worker_id: str, stale_after_s: float) -> Job | None:
@@ -39,14 +48,18 @@ def claim(session: Session, job_id: str, worker_id: str, stale_after_s: float) -
     status event is the caller's to record (`states.record_status`) in this transaction, once
     it knows where the job resumes from.
     """
+    # Lock the row first: an UPDATE computes its new values before it waits on a row lock, so
+    # `heartbeat_at` would carry the time before the wait, and a reaper that waited behind the
+    # same lock would find the brand-new lease already stale.
+    session.execute(select(Job.id).where(Job.id == job_id).with_for_update())
     return states.transition(
         session,
         job_id,
         "running",
-        where=or_(Job.status == "queued", stale_lease(stale_after_s)),
+        where=or_(Job.status == "queued", stale_lease(session, stale_after_s)),
         record=False,
         worker_id=worker_id,
-        heartbeat_at=utcnow(),
+        heartbeat_at=lease_clock(session),
         attempts=Job.attempts + 1,
         error=None,
     )
@@ -67,7 +80,7 @@ def heartbeat(session: Session, job_id: str, worker_id: str, **progress: Any) ->
     result = session.execute(
         update(Job)
         .where(holds_lease(job_id, worker_id))
-        .values(heartbeat_at=now, updated_at=now, **progress)
+        .values(heartbeat_at=lease_clock(session), updated_at=now, **progress)
         .execution_options(synchronize_session=False)
     )
     return result.rowcount == 1
@@ -93,7 +106,7 @@ def release(
     if worker_id is not None:
         condition = holds_lease(job_id, worker_id)
     elif stale_after_s is not None:
-        condition = and_(Job.status == "running", stale_lease(stale_after_s))
+        condition = and_(Job.status == "running", stale_lease(session, stale_after_s))
     else:
         raise ValueError("release() needs worker_id or stale_after_s")
     return states.transition(session, job_id, status, where=condition, event=event, **columns)

@@ -44,15 +44,11 @@ def reap_once(settings: Settings, *, enqueue=None) -> ReapResult:
         from jobstore.queue import enqueue_job as enqueue
     out = ReapResult()
     url = settings.database_url
-    cutoff = lease.stale_before(settings.stale_after_s)
     with session_scope(url) as session:
         stale = session.execute(
             select(
                 Job.id, Job.attempts, Job.cancel_requested, Job.worker_id, Job.stop_reason
-            ).where(
-                Job.status == "running",
-                (Job.heartbeat_at.is_(None)) | (Job.heartbeat_at < cutoff),
-            )
+            ).where(Job.status == "running", lease.stale_lease(session, settings.stale_after_s))
         ).all()
     for job_id, attempts, cancel, worker_id, stop_reason in stale:
         with session_scope(url) as session:

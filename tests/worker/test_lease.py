@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 from datetime import timedelta
 
@@ -102,6 +103,65 @@ def test_claim_is_won_by_exactly_one(db, make_job):
         job.heartbeat_at = utcnow() - timedelta(seconds=60)
     with db.session() as s:
         assert lease.claim(s, job_id, "other", stale_after_s=30).attempts == 2
+
+
+def test_claim_and_reaper_that_waited_on_a_lock_judge_the_lease_by_one_clock(db, make_job):
+    """A host cut off inside a transaction holds its job's row lock (until TCP keepalives end
+    its session); another host's claim of the stale lease and a reaper's release both wait
+    behind it. The claim, first in line, takes the job; the reaper, which started waiting
+    later than the lease timeout after the claim did, must then see a fresh lease, not re-queue
+    the new claim (leases are written and judged by the database's clock at execution)."""
+    from sqlalchemy import text
+
+    job_id = make_job("running", heartbeat_age_s=120, attempts=1)
+    stale_after_s = 1.0
+    outcome: dict[str, object] = {}
+    with db.session() as holder:  # the cut-off host's open transaction on the row
+        holder.execute(text("SELECT 1 FROM jobs WHERE id = :id FOR UPDATE"), {"id": job_id})
+
+        def claim() -> None:
+            with db.session() as s:
+                outcome["claim"] = lease.claim(s, job_id, "host-b:1", stale_after_s) is not None
+
+        def reap() -> None:
+            with db.session() as s:
+                job = lease.release(s, job_id, None, "queued", stale_after_s=stale_after_s)
+                outcome["reaped"] = job is not None
+
+        claimer = threading.Thread(target=claim)
+        claimer.start()
+        _wait_for_lock_waiters(db, 1)
+        time.sleep(2 * stale_after_s)  # the reaper starts well after the claim began waiting
+        reaper = threading.Thread(target=reap)
+        reaper.start()
+        _wait_for_lock_waiters(db, 2)
+    # the holder's transaction ends here: the claim goes first, then the reaper re-checks
+    claimer.join(30)
+    reaper.join(30)
+    assert not claimer.is_alive() and not reaper.is_alive()
+    assert outcome == {"claim": True, "reaped": False}, (outcome, _statuses(db, job_id))
+    with db.session() as s:
+        job = s.get(Job, job_id)
+        assert (job.status, job.worker_id, job.attempts) == ("running", "host-b:1", 2)
+
+
+def _wait_for_lock_waiters(db, n: int, timeout_s: float = 30.0) -> None:
+    """Until `n` backends of this database wait on a lock (bounded)."""
+    from sqlalchemy import text
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        with db.session() as s:
+            waiting = s.execute(
+                text(
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+                    " AND wait_event_type = 'Lock'"
+                )
+            ).scalar_one()
+        if waiting >= n:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"fewer than {n} sessions waited on the row lock within {timeout_s} s")
 
 
 def test_reaper_requeues_fails_and_cancels_stale_jobs(db, make_job):
