@@ -19,6 +19,7 @@ last layer, so the result after the last chunk equals ``model(x)`` on the whole 
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,6 +30,7 @@ from torch import nn
 from celif_core.catalog import BACKENDS, MEMORY_MODES
 from celif_core.config import NetworkConfig
 from celif_core.functional import NeuronState, fused_available
+from celif_core.kernels.synapses import event_linear
 from celif_core.neurons import NEURON_MODULES, te_table
 
 
@@ -112,6 +114,10 @@ class CelifNetwork(nn.Module):
         self.backend = backend
         self.memory = memory
         self.backend_name: str | None = None  # which scan implementation actually ran last
+        # Hidden layers (>= 1: their input is spikes) whose synaptic currents are computed
+        # event-driven when no gradient is needed (``kernels.synapses``); none by default.
+        # Set with ``use_event_synapses``, by inference code that measured it faster.
+        self.event_synapses: frozenset[int] = frozenset()
 
         sizes = [config.input_size, *self.hidden]
         pairs = list(zip(sizes[:-1], sizes[1:], strict=True))
@@ -228,10 +234,28 @@ class CelifNetwork(nn.Module):
         )
         return h, new_states, layer_spikes
 
+    def use_event_synapses(self, layers: Iterable[int]) -> None:
+        """Compute the synaptic currents of these hidden layers event-driven (cost per input
+        spike) whenever gradients are off; layer 0 (real-valued input) cannot be one."""
+        chosen = frozenset(int(layer) for layer in layers)
+        allowed = set(range(1, len(self.hidden))) if self.config.spiking else set()
+        if not chosen <= allowed:
+            raise ValueError(
+                f"event-driven synapses need hidden layers fed by spikes, {sorted(allowed)}; "
+                f"got {sorted(chosen)}"
+            )
+        self.event_synapses = chosen
+
     def _current(self, layer: int, h: torch.Tensor) -> torch.Tensor:
-        """The layer's synaptic current ``[T, B, N]``: one GEMM over all T*B rows of ``h``."""
+        """The layer's synaptic current ``[T, B, N]``: one product over all T*B rows of ``h``
+        (a GEMM, or event-driven for the layers in ``event_synapses``)."""
         steps, batch = h.shape[0], h.shape[1]
-        current = linear_rows(self.synapses[layer], h.reshape(steps * batch, -1))
+        rows = h.reshape(steps * batch, -1)
+        current = None
+        if layer in self.event_synapses:
+            current = event_linear(self.synapses[layer], rows)  # None: needs the GEMM here
+        if current is None:
+            current = linear_rows(self.synapses[layer], rows)
         return current.reshape(steps, batch, self.hidden[layer])
 
     def _feedforward_layer(

@@ -129,6 +129,11 @@ class Settings(BaseSettings):
     predict_batching: Literal["auto", "on", "off"] = "auto"
     predict_batch_wait_ms: float = Field(0.0, ge=0, le=1000)
     predict_max_batch_steps: int = Field(64 * 784, ge=1)
+    # Synaptic currents of hidden layers fed by spikes, on the CPU: "event" adds one weight row
+    # per input spike (celif_core.kernels.synapses) instead of a dense GEMM, "dense" never,
+    # "auto" per layer where it measured faster when the model was loaded (docs/predict.md).
+    # Answers agree with the GEMM's to float rounding (another summation order).
+    predict_synapses: Literal["auto", "event", "dense"] = "auto"
     # Live job events (SSE): on PostgreSQL a stream wakes on LISTEN/NOTIFY (the appends notify
     # at commit) instead of polling; off, or on SQLite, it polls every 0.5 s.
     sse_listen_notify: bool = True

@@ -1,7 +1,8 @@
 """Fused neuron scans: the compiled CPU extension, the Triton kernel for CUDA, and their loaders.
 
-The C++ source (``scan_cpu.cpp``) is compiled with ``torch.utils.cpp_extension.load`` the first
-time a fused scan runs in a process, and cached by torch under ``$TORCH_EXTENSIONS_DIR``
+The C++ sources (``scan_cpu.cpp``: the scans; ``synapse_cpu.cpp``: event-driven synaptic
+currents, see ``synapses``) are compiled into one module with ``torch.utils.cpp_extension.load``
+the first time a fused kernel runs in a process, and cached by torch under ``$TORCH_EXTENSIONS_DIR``
 (default ``~/.cache/torch_extensions``): later processes load the cached library in well under a
 second. If the build fails, :func:`load_cpu_extension` logs one warning and returns ``None``, and
 ``celif_core.functional`` falls back to the reference scan.
@@ -50,7 +51,7 @@ TE_MODE_IDS = tuple(
 )
 
 
-_SOURCE = Path(__file__).with_name("scan_cpu.cpp")
+_SOURCES = tuple(Path(__file__).with_name(n) for n in ("scan_cpu.cpp", "synapse_cpu.cpp"))
 _lock = threading.Lock()
 _state: dict[str, object] = {"tried": False, "ext": None, "error": None}
 
@@ -117,13 +118,14 @@ def _build() -> ModuleType:
     # One build directory per (checkout, source, flags): torch's cache otherwise keys on the
     # name alone, and two checkouts (or an edited source) sharing it rebuild each other's
     # library on every alternate use (ninja sees a changed build file each time).
-    key = hashlib.sha256(
-        f"{_SOURCE.resolve()}\n{' '.join(cflags)}\n".encode() + _SOURCE.read_bytes()
-    ).hexdigest()[:12]
+    digest = hashlib.sha256(f"{' '.join(cflags)}\n".encode())
+    for source in _SOURCES:
+        digest.update(f"{source.resolve()}\n".encode() + source.read_bytes())
+    key = digest.hexdigest()[:12]
     name = f"celif_scan_cpu_{key}"
     return load(
         name=name,
-        sources=[str(_SOURCE)],
+        sources=[str(s) for s in _SOURCES],
         extra_cflags=cflags,
         extra_ldflags=["-fopenmp"],
         verbose=False,

@@ -376,8 +376,13 @@ std::vector<at::Tensor> scan_backward(const at::Tensor& grad_spikes, const at::T
           need_alpha ? sum_chunks(galpha_part) : none};
 }
 
+// synapse_cpu.cpp, compiled into the same module.
+at::Tensor event_linear(const at::Tensor& x, const at::Tensor& wt, const at::Tensor& bias,
+                        int64_t n);
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.doc() = "Fused forward/backward scans for CE-LIF-family neurons (CPU)";
+  m.doc() = "Fused forward/backward scans for CE-LIF-family neurons, event-driven synapses (CPU)";
   m.def("forward", &scan_forward, "fused neuron scan forward");
   m.def("backward", &scan_backward, "fused neuron scan backward");
+  m.def("event_linear", &event_linear, "x @ wt + bias in time proportional to x's nonzeros");
 }

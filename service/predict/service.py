@@ -76,11 +76,12 @@ def get_runtime(state: Any, settings: Settings) -> Runtime:
                 from service import inference
 
                 workers, threads = settings.predict_parallelism
-                auto = settings.predict_batching == "auto"
                 runtime = Runtime(
                     cache=inference.ModelCache(
                         settings.model_cache_size,
-                        on_load=inference.calibrate_batching if auto else None,
+                        on_load=inference.prepare_for_serving(
+                            settings.predict_synapses, settings.predict_batching
+                        ),
                     ),
                     streams=inference.StreamStore(
                         ttl_s=STREAM_TTL_S,

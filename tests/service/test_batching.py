@@ -145,6 +145,11 @@ def test_auto_batches_a_model_as_its_load_measured(db, psettings, trained, token
         )
         assert loaded.max_batch in inference.CALIBRATION_SIZES
         assert (loaded.max_batch > 1) == loaded.batching
+        # predict_synapses="auto": layer 1 (fed by spikes) timed both ways, chosen by the rule
+        times = loaded.synapse_calibration[1]
+        assert set(loaded.synapse_calibration) == {1}
+        faster = times["event_s"] <= inference.EVENT_SYNAPSE_GAIN * times["dense_s"]
+        assert loaded.model.event_synapses == ({1} if faster else set())
         answers = []
         for gains in (True, False):
             loaded.batching, loaded.max_batch = gains, 4

@@ -173,15 +173,23 @@ def test_a_new_best_checkpoint_takes_effect_within_the_lookup_ttl(pclient, db, p
         time.sleep(0.05)
 
 
+@pytest.mark.parametrize("synapses", ["dense", "event"])
 @pytest.mark.parametrize("task", ["seq_mnist", "adding", "copy_memory"])
 def test_batched_equals_unbatched_and_a_bad_request_fails_alone(
-    pclient, db, psettings, trained, tokens, task
+    pclient, db, psettings, trained, tokens, task, synapses
 ):
     """Concurrent requests gathered into one forward get exactly the answers each gets alone
-    (on the unbatched server); the invalid one among them gets its own 422."""
+    (on an unbatched server), with GEMM or event-driven synapses; the invalid one among them
+    gets its own 422."""
     settings = psettings.model_copy(
-        update={"predict_batching": "on", "predict_batch_wait_ms": 300.0, "predict_workers": 1}
+        update={
+            "predict_batching": "on",
+            "predict_batch_wait_ms": 300.0,
+            "predict_workers": 1,
+            "predict_synapses": synapses,
+        }
     )
+    unbatched = settings.model_copy(update={"predict_batching": "off"})
     app = create_app(settings)
     runtime = predict_service.get_runtime(app.state, settings)
     job = make_job(db, settings.storage_dir, trained[task])
@@ -200,7 +208,13 @@ def test_batched_equals_unbatched_and_a_bad_request_fails_alone(
         ]
     ]
     bad = {"inputs": rng.random((1, 5)).tolist()}  # wrong T / F
-    alone = [pclient.post(f"/api/v1/jobs/{job}/predict", json=b) for b in bodies]
+    with (
+        ServerThread(create_app(unbatched)) as one,
+        httpx.Client(
+            base_url=one.url, headers={"Authorization": f"Bearer {tokens.alice}"}, timeout=60
+        ) as c,
+    ):
+        alone = [c.post(f"/api/v1/jobs/{job}/predict", json=b) for b in bodies]
     assert all(r.status_code == 200 for r in alone), [r.text for r in alone]
     with (
         ServerThread(app) as srv,
@@ -228,6 +242,9 @@ def test_batched_equals_unbatched_and_a_bad_request_fails_alone(
         strip = lambda b: {k: v for k, v in b.items() if k not in ("elapsed_ms", "cached")}  # noqa: E731
         assert strip(got.json()) == strip(r.json()), i
     assert ran < len(bodies)  # some were gathered into one forward
+    model = runtime.cache.peek(alone[0].json()["checkpoint"]["sha256"]).model
+    layers = len(model.hidden)
+    assert model.event_synapses == (frozenset(range(1, layers)) if synapses == "event" else set())
     runtime.pool.shutdown()
 
 
