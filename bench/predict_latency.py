@@ -3,9 +3,11 @@
 on, one and several API processes, side by side with the in-process forward time of the same
 model; each case's CPU time per request on both sides; and the model cache's effect.
 
-    # the figures of docs/benchmarks.md: an untrained checkpoint of the paper's size in a temp
-    # SQLite database, then one API server per setup (processes x batching), in turn
-    nice -n -10 python bench/predict_latency.py --local --no-64
+    # the figures of docs/benchmarks.md: the shipped seq-MNIST model (the paper's 83.5k,
+    # 1-64-88-88-10, trained) in a temp SQLite database, then one API server per setup
+    # (processes x batching), in turn; without --checkpoint an untrained model of --hidden
+    nice -n -10 python bench/predict_latency.py --local --no-64 \
+        --checkpoint docs/results/checkpoints/paper_seq_mnist-83k/best.safetensors
 
     # against a running server and an existing seq_mnist job with a checkpoint
     python bench/predict_latency.py --url http://127.0.0.1:8000 --token $TOKEN --job JOB_ID
@@ -376,18 +378,36 @@ def warm_up(url: str, token: str, job_id: str, inputs: list, processes: int) -> 
                 timed_predict(c, job_id, inputs, fmt)
 
 
-def auto_decision(checkpoint: Path) -> str:
-    """What predict_batching="auto" decides for this model on this machine (the server's own
-    measurement, `inference.calibrate_batching`, run here at one torch thread)."""
+def served_model(checkpoint: Path, synapses: str = "auto"):
+    """The checkpoint loaded as the API loads it (`inference.prepare_for_serving`: synapses per
+    `predict_synapses`, then the batching calibration), at one torch thread."""
     import torch
 
     from celif_core.checkpoint import load_model
-    from service.inference import LoadedModel, calibrate_batching
+    from service.inference import LoadedModel, prepare_for_serving
 
     torch.set_num_threads(1)
     model, spec, metadata = load_model(checkpoint)
+    model.eval()
     loaded = LoadedModel("bench", model, spec, metadata, 0.0)
-    calibrate_batching(loaded)
+    prepare_for_serving(synapses, "auto")(loaded)
+    return loaded
+
+
+def synapse_decision(loaded) -> str:
+    """What predict_synapses="auto" chose, with the times it measured per layer."""
+    cal = loaded.synapse_calibration or {}
+    timed = ", ".join(
+        f"layer {layer}: GEMM {1000 * t['dense_s']:.3f} ms, event-driven {1000 * t['event_s']:.3f} ms"
+        for layer, t in sorted(cal.items())
+    )
+    chosen = sorted(loaded.model.event_synapses)
+    return f"event-driven layers {chosen or 'none'}" + (f" ({timed})" if timed else "")
+
+
+def auto_decision(loaded) -> str:
+    """What predict_batching="auto" decides for this model on this machine (the server's own
+    measurement, `inference.calibrate_batching`, run here at one torch thread)."""
     cal = loaded.calibration
     if "batched_per_sequence_s" not in cal:
         return f"off (one forward {1000 * cal['alone_s']:.1f} ms CPU: compute-bound)"
@@ -398,16 +418,12 @@ def auto_decision(checkpoint: Path) -> str:
     )
 
 
-def in_process_forward(checkpoint: Path, inputs: list, *, threads: int, repeats: int) -> float:
+def in_process_forward(model, inputs: list, *, threads: int, repeats: int) -> float:
     """Median ms of `model.run` on `inputs` in this process (torch at `threads` threads)."""
     import numpy as np
     import torch
 
-    from celif_core.checkpoint import load_model
-
     torch.set_num_threads(threads)
-    model, _, _ = load_model(checkpoint)
-    model.eval()
     x = torch.from_numpy(np.asarray(inputs, dtype=np.float32)[:, :, None])
     times = []
     with torch.inference_mode():
@@ -492,7 +508,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--local", action="store_true", help="an untrained checkpoint, the API alone (quickest)"
     )
-    p.add_argument("--checkpoint", type=Path, help="its file, for the in-process forward time")
+    p.add_argument(
+        "--checkpoint",
+        type=Path,
+        help="its file, for the in-process forward time; with --local, the model served (default: an untrained one of --hidden)",
+    )
     p.add_argument("--hidden", default="64,256,256", help="hidden sizes of the model")
     p.add_argument("--mnist-dir", default=os.environ.get("CELIF_MNIST_DIR"))
     p.add_argument("--seconds", type=float, default=5.0, help="length of each case")
@@ -543,7 +563,7 @@ def main(argv: list[str] | None = None) -> int:
 
             if args.mnist_dir:
                 os.environ["CELIF_MNIST_DIR"] = args.mnist_dir
-            settings, token, job_id = setup(tmp_path / "local", hidden)
+            settings, token, job_id = setup(tmp_path / "local", hidden, args.checkpoint)
             checkpoint = next(Path(settings.storage_dir).rglob("*.safetensors"))
             setups = [
                 (b, int(n)) for n in args.processes.split(",") for b in args.batching.split(",")
@@ -591,16 +611,21 @@ def main(argv: list[str] | None = None) -> int:
             served.stop()
             served = None
         # The forward alone, before any load: this process, the same checkpoint and input.
-        forward = {}
+        # As the API runs it (predict_synapses="auto"), and with GEMMs only.
+        forward, dense_forward = {}, None
+        auto = synapses = "not measured"
         if checkpoint is not None:
+            loaded = served_model(checkpoint)
+            auto, synapses = auto_decision(loaded), synapse_decision(loaded)
             for n, inputs in ((1, one), (64, batch)):
                 if n == 64 and args.no_64:
                     continue
                 for threads in sorted({1, cores}):
                     forward[(n, threads)] = in_process_forward(
-                        checkpoint, inputs, threads=threads, repeats=40 if n == 1 else 5
+                        loaded.model, inputs, threads=threads, repeats=40 if n == 1 else 5
                     )
-        auto = auto_decision(checkpoint) if checkpoint is not None else "not measured"
+            dense = served_model(checkpoint, "dense").model
+            dense_forward = in_process_forward(dense, one, threads=1, repeats=40)
         sizes = [one] + ([] if args.no_64 else [batch])
         cases = []
         for mode, processes in setups:
@@ -638,6 +663,9 @@ def main(argv: list[str] | None = None) -> int:
           f"second call {cache['second_ms']:.0f} ms (cached={cache['second_cached']})")  # fmt: skip
     for (n, threads), ms in forward.items():
         print(f"in-process forward, {n} x 784 steps, torch threads {threads}: {ms:.2f} ms")
+    if dense_forward is not None:
+        print(f"in-process forward, 1 x 784 steps, torch threads 1, GEMMs only (predict_synapses=dense): {dense_forward:.2f} ms")  # fmt: skip
+    print(f"predict_synapses=auto for this model: {synapses}")
     print(f"predict_batching=auto for this model: {auto}")
     print()
     print("| server | run | sequences x 784 steps | format | clients | requests | p50 ms | p99 ms | sequences/s | server CPU ms/request | client CPU ms/request |")  # fmt: skip
@@ -659,7 +687,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         forward_rows = [{"sequences": n, "threads": t, "ms": ms} for (n, t), ms in forward.items()]
         args.json.write_text(json.dumps({
-            "client": how, "priority": priority, "cache": cache, "forward": forward_rows, "auto": auto,
+            "client": how, "priority": priority, "cache": cache, "forward": forward_rows,
+            "dense_forward_ms": dense_forward, "auto": auto, "synapses": synapses,
             "cases": cases, "summary": summary,
         }, indent=2))  # fmt: skip
     return 0

@@ -24,7 +24,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 
-def setup(tmp: Path, hidden: list[int]):
+def setup(tmp: Path, hidden: list[int], checkpoint: Path | None = None):
+    """A temp SQLite database with one user and a finished seq_mnist job: its checkpoint an
+    untrained model of `hidden`, or the file `checkpoint` (e.g. a shipped trained one)."""
     from celif_core.trainer import DataDirs, Trainer
     from jobstore.db.migrate import upgrade_database
     from jobstore.db.session import session_scope
@@ -37,15 +39,24 @@ def setup(tmp: Path, hidden: list[int]):
     upgrade_database(settings.database_url)
     with session_scope(settings.database_url) as s:
         token = create_user_and_token(s, "alice")
-    spec = {
-        "task": {"name": "seq_mnist", "params": {"val_size": 100, "train_subset": 64}},
-        "model": {"neuron": "celif", "hidden": hidden},
-        "training": {"max_steps": 1, "batch_size": 16, "device": "cpu"},
-    }
-    trainer = Trainer(spec, checkpoint_dir=tmp / "ckpt", data_dirs=DataDirs(mnist=MNIST_DIR))
-    trainer.setup()
-    info = trainer.save_checkpoint()
-    trained = Trained(trainer.spec.to_dict(), Path(info.path), info.step)
+    if checkpoint is not None:
+        from celif_core.checkpoint import load_model
+        from celif_core.spec import JobSpec
+
+        _, spec, metadata = load_model(checkpoint)
+        spec = spec if isinstance(spec, JobSpec) else JobSpec.model_validate(spec)
+        trained = Trained(spec.to_dict(), Path(checkpoint), int(metadata.get("step", 0)))
+    else:
+        spec = {
+            "task": {"name": "seq_mnist", "params": {"val_size": 100, "train_subset": 64}},
+            "model": {"neuron": "celif", "hidden": hidden},
+            "training": {"max_steps": 1, "batch_size": 16, "device": "cpu"},
+        }
+        data_dirs = DataDirs(mnist=MNIST_DIR)
+        trainer = Trainer(spec, checkpoint_dir=tmp / "ckpt", data_dirs=data_dirs)
+        trainer.setup()
+        info = trainer.save_checkpoint()
+        trained = Trained(trainer.spec.to_dict(), Path(info.path), info.step)
     job_id = make_job(settings.database_url, settings.storage_dir, trained)
     return settings, token, job_id
 

@@ -23,17 +23,18 @@ from celif_core.kernels import load_cpu_extension
 LANES = 16  # synapse_cpu.cpp: columns are padded to whole 16-float vectors
 
 
+def _version_of(t: torch.Tensor) -> tuple:
+    # Tensors made under inference_mode keep no version counter (and can only be changed in
+    # place under inference_mode): their storage and shape are the key then.
+    return (t.data_ptr(), tuple(t.shape), None if t.is_inference() else t._version)
+
+
 def _padded_operands(layer: nn.Linear) -> tuple[torch.Tensor, torch.Tensor]:
     """(``weight.T`` [K, P], bias [P]) zero-padded to P = N rounded up to 16 columns, kept on
     the layer until its weight or bias changes (version counter, storage): built once per
     loaded model, not per forward."""
     w, b = layer.weight, layer.bias
-    key = (
-        w.data_ptr(),
-        w._version,
-        tuple(w.shape),
-        None if b is None else (b.data_ptr(), b._version),
-    )
+    key = (_version_of(w), None if b is None else _version_of(b))
     cached = getattr(layer, "_event_operands", None)
     if cached is None or cached[0] != key:
         n, k = w.shape

@@ -163,3 +163,11 @@ def test_layer_zero_cannot_be_event_driven():
     model = _network()
     with pytest.raises(ValueError, match="hidden layers fed by spikes, \\[1, 2\\]"):
         model.use_event_synapses([0])
+
+
+def test_a_layer_made_under_inference_mode():
+    """Inference tensors keep no version counter: the operands are keyed on storage then."""
+    with torch.inference_mode():
+        layer = nn.Linear(24, 40)
+        x = spikes(6, 24, 0.3)
+        torch.testing.assert_close(event_linear(layer, x), layer(x), rtol=1e-5, atol=1e-5)
