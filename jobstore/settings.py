@@ -134,6 +134,9 @@ class Settings(BaseSettings):
     # "auto" per layer where it measured faster when the model was loaded (docs/predict.md).
     # Answers agree with the GEMM's to float rounding (another summation order).
     predict_synapses: Literal["auto", "event", "dense"] = "auto"
+    # /predict answered by a lean ASGI path when the token and the job's lookups are cached
+    # (service/predict/fastpath.py: the route's answer, less Python per request); off: the route.
+    predict_fast_path: bool = True
     # Live job events (SSE): on PostgreSQL a stream wakes on LISTEN/NOTIFY (the appends notify
     # at commit) instead of polling; off, or on SQLite, it polls every 0.5 s.
     sse_listen_notify: bool = True

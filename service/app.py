@@ -201,6 +201,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             log.info("optional router %s not present; skipped", module_name)
 
     # Middleware: the last added runs first. Latency wraps everything (413s and CORS included).
+    if importlib.util.find_spec("service.predict.fastpath") is not None:
+        from service.predict.fastpath import PredictFastPath
+
+        # innermost: every middleware below still sees the predict requests it answers
+        app.add_middleware(PredictFastPath, enabled=settings.predict_fast_path)
     app.add_middleware(PredictValueLimitMiddleware, max_values=settings.max_predict_values)
     app.add_middleware(
         BodySizeLimitMiddleware,

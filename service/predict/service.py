@@ -55,6 +55,7 @@ class Runtime:
     retry_after_s: int = 1
     batcher: Any = None  # inference.Batcher unless predict_batching is "off"
     batching: str = "off"  # settings.predict_batching
+    fast_path_served: int = 0  # predict requests answered by service.predict.fastpath
 
 
 _RUNTIME_LOCK = threading.Lock()

@@ -90,7 +90,7 @@ def make_job(
             spec=spec,
             status="succeeded",
             step=trained.step,
-            max_steps=spec["training"]["max_steps"],
+            max_steps=spec["training"]["max_steps"] or trained.step,  # an epochs budget: its steps
         )
         session.add(job)
         session.flush()
