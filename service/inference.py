@@ -279,7 +279,7 @@ def predict_many(
 # [64, 64] 0.47 -> 0.20. So "auto" measures each model once, when it is loaded, and batches
 # it (up to the best batch size measured) only where that gains.
 CALIBRATION_SIZES = (1, 2, 4, 8)
-CALIBRATION_REPEATS = 3
+CALIBRATION_REPEATS = 5
 CALIBRATION_MAX_FORWARD_S = 0.05  # a forward over this at B=1 is compute-bound: not batched
 BATCHING_GAIN = 0.8  # batch when a sequence costs at most this fraction of its cost alone
 BATCH_SIZE_SLACK = 1.05  # sizes within 5 % of the cheapest per sequence count as as cheap
@@ -314,8 +314,14 @@ def calibrate_batching(loaded: LoadedModel) -> None:
             loaded.batching, loaded.max_batch = False, 1
             loaded.calibration = {"alone_s": first}
             return
-        for b in CALIBRATION_SIZES:
-            per_sequence[b] = min(cpu_of(x[:b]) for _ in range(CALIBRATION_REPEATS)) / b
+        # Rounds over every size, not every repeat of one size in a row: a burst of other
+        # load then inflates one sample of each size, not all samples of one (seen on the
+        # 2-core machine: "alone" measured 2.4 ms once for a 1.8 ms forward, and batching a
+        # model it slows was switched on).
+        for _ in range(CALIBRATION_REPEATS):
+            for b in CALIBRATION_SIZES:
+                cost = cpu_of(x[:b]) / b
+                per_sequence[b] = min(per_sequence.get(b, cost), cost)
     # The largest size within BATCH_SIZE_SLACK of the cheapest: what a batch saves outside the
     # forward (one pool hop, one response pass) is not in these timings, and near the minimum
     # the timings differ by their noise.
