@@ -32,11 +32,12 @@ MAX_STEPS, EVERY = 1500, 50
 
 
 def job_spec() -> dict:
-    # Steps of some tens of milliseconds: the run lasts tens of seconds, so the cut, the lease
-    # expiry and B's start all fall inside it.
+    # Steps long enough that the run lasts tens of seconds, so the cut, the lease expiry and
+    # B's start all fall inside it (at T=60, [48, 48] a quiet CI machine ran all 1500 steps in
+    # 11 s, and the test's poll never saw the job between two checkpoints).
     spec = adding_spec(max_steps=MAX_STEPS, eval_every=EVERY, checkpoint_every=EVERY)
-    spec["task"]["params"]["seq_len"] = 60
-    spec["model"]["hidden"] = [48, 48]
+    spec["task"]["params"]["seq_len"] = 150
+    spec["model"]["hidden"] = [64, 64]
     return spec
 
 
