@@ -336,9 +336,9 @@ def calibrate_batching(loaded: LoadedModel) -> None:
 # ----------------------------------------------------------------------------- synapses on CPU
 # A hidden layer fed by spikes can take its synaptic current event-driven (celif_core.kernels.
 # synapses: an add per input spike instead of a multiply-add per input). Whether that is faster
-# depends on the layer's size and firing rate and on the CPU (measured, one thread, 784 steps:
-# 256 -> 256 at rate 0.22 0.58 ms against the GEMM's 1.0 ms; 88 -> 88 at 0.4 0.16 against 0.14),
-# so "auto" times both on each layer's own spikes once, at load.
+# depends on the layer's size and firing rate and on the CPU (`bench/synapses.py`, one thread,
+# 784 steps: 256 -> 256 at rate 0.22 0.86 ms against the GEMM's 1.16 ms; 88 -> 88 at 0.4 0.16
+# against 0.14), so "auto" times both on each layer's own spikes once, at load.
 EVENT_SYNAPSE_GAIN = 0.9  # event-driven where it takes at most this fraction of the GEMM's time
 
 

@@ -3,8 +3,9 @@
 A spiking layer's synapses multiply the previous layer's spikes, rows of mostly 0s and some 1s.
 ``event_linear(layer, x)`` computes ``layer(x)`` for such an ``x [M, K]`` by adding, for each
 spike, one row of the weight's transpose: cost proportional to the spikes, where a dense GEMM
-pays for every input. Measured (docs/benchmarks.md, `bench/synapses.py`): the paper-size layers
-at trained firing rates 0.2-0.4 in a fraction of the GEMM's time.
+pays for every input. Measured (`bench/synapses.py`, docs/benchmarks.md): faster on wide layers
+(256 -> 256 at firing rate 0.22: 1.35x, 1.88x at 4 sequences), slower on narrow ones (88 -> 88
+at 0.4: 0.84x), so the service chooses per layer (`service.inference.calibrate_event_synapses`).
 
 Inference only: no autograd (a training step needs the dense GEMM's backward anyway), and
 ``None`` when it does not apply (gradients on, not a CPU float tensor, the extension

@@ -49,7 +49,7 @@ def render_json(result: dict[str, Any]) -> Response:
 
 async def serve_cached(request: Request, job_id: str) -> Response:
     """The route's 200 answer from cached lookups only; `Miss` when the route must answer."""
-    from service.predict.routes import npy_response, read_predict_request, wants_npy
+    from service.predict.routes import answer, read_predict_request, target_fields
 
     started = time.perf_counter()
     scheme, _, token = request.headers.get("authorization", "").partition(" ")
@@ -61,30 +61,13 @@ async def serve_cached(request: Request, job_id: str) -> Response:
     settings = request.app.state.settings
     runtime = service.get_runtime(request.app.state, settings)
     body = await read_predict_request(request, settings)
-    returns = list(body.return_)
-    target = service.cached_target(
-        runtime.lookups,
-        user.id,
-        job_id,
-        inputs=body.inputs,
-        checkpoint=body.checkpoint,
-        returns=returns,
-        spikes_layer=body.spikes_layer,
-        settings=settings,
-    )
+    fields = target_fields(body, settings)
+    target = service.cached_target(runtime.lookups, user.id, job_id, **fields)
     if target is None:
         raise Miss
-    as_array = wants_npy(request)
-    result = await service.run_predict(
-        target,
-        runtime=runtime,
-        returns=returns,
-        spikes_layer=body.spikes_layer,
-        started=started,
-        as_array=as_array,
-    )
+    out = await answer(request, target, body, runtime, started)
     runtime.fast_path_served += 1
-    return npy_response(result) if as_array else render_json(result)
+    return out if isinstance(out, Response) else render_json(out)
 
 
 class PredictFastPath:

@@ -137,14 +137,7 @@ async def predict(
     if user is None:
         user = await run_in_threadpool(authenticate_detached, request, factory, credentials)
     body = await read_predict_request(request, settings)
-    returns = list(body.return_)
-    fields = dict(
-        inputs=body.inputs,
-        checkpoint=body.checkpoint,
-        returns=returns,
-        spikes_layer=body.spikes_layer,
-        settings=settings,
-    )
+    fields = target_fields(body, settings)
     target = service.cached_target(runtime.lookups, user.id, job_id, **fields)
     if target is None:
 
@@ -155,11 +148,34 @@ async def predict(
                 )
 
         target = await run_in_threadpool(read_target)
+    return await answer(request, target, body, runtime, started)
+
+
+def target_fields(body: PredictRequest, settings: Settings) -> dict[str, Any]:
+    """What `cached_target` / `predict_target` take of a request besides its user and job."""
+    return dict(
+        inputs=body.inputs,
+        checkpoint=body.checkpoint,
+        returns=list(body.return_),
+        spikes_layer=body.spikes_layer,
+        settings=settings,
+    )
+
+
+async def answer(
+    request: Request,
+    target: service.PredictTarget,
+    body: PredictRequest,
+    runtime: service.Runtime,
+    started: float,
+) -> Any:
+    """The forward on the predict pool, and the answer: an NPY response when `Accept` asks
+    for it, else the result dict (the route's `response_model`)."""
     as_array = wants_npy(request)
     result = await service.run_predict(
         target,
         runtime=runtime,
-        returns=returns,
+        returns=list(body.return_),
         spikes_layer=body.spikes_layer,
         started=started,
         as_array=as_array,
